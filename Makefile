@@ -1,0 +1,32 @@
+# All set-up lives here: `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch 2.13.0 installs from local disk on our machines; any other spec
+# downloads gigabytes. pyproject.toml keeps a range that admits it.
+TORCH  := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: test demo install-runtime install-dev default-model bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime-installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[cpu,demo]'
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[cpu,train,export,dev]'
+	touch $@
+
+install-runtime: $(VENV)/.runtime-installed
+install-dev: $(VENV)/.dev-installed
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,24 @@
+"""hdn-deploy: deployable Hierarchical DivNoising.
+
+The runtime (this package outside ``hdn_deploy.training`` / ``hdn_deploy.export``)
+needs numpy, onnxruntime and tifffile only; it never imports torch.
+"""
+from ._version import __version__
+from .errors import (
+    BackendError,
+    ConfigError,
+    HDNError,
+    InputError,
+    MissingDependencyError,
+    PackageError,
+)
+
+__all__ = [
+    "__version__",
+    "HDNError",
+    "ConfigError",
+    "InputError",
+    "PackageError",
+    "BackendError",
+    "MissingDependencyError",
+]

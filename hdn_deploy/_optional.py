@@ -1,0 +1,30 @@
+"""Lazy imports of optional heavy dependencies with an install hint."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+_EXTRA_FOR = {
+    "torch": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "safetensors": "train",
+    "yaml": "train",
+    "matplotlib": "train",
+    "onnxruntime": "cpu",
+    "tensorrt": "tensorrt",
+}
+
+
+def require(module: str, *, purpose: str) -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = _EXTRA_FOR.get(module.split(".")[0], "dev")
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package '{module}', which is not installed "
+            f"({exc}). Install it with: pip install 'hdn-deploy[{extra}]'"
+        ) from exc

@@ -1,0 +1,1 @@
+"""`hdn-deploy train` (placeholder while being written)."""

@@ -1,0 +1,361 @@
+"""The HDN training loop: Adamax, ReduceLROnPlateau, early stopping, exact resume.
+
+A run folder holds ``run.json`` (settings), ``metrics.csv`` (one row per epoch),
+``last.safetensors`` (full training state, for ``--resume``) and ``best.safetensors``
+(the weights with the lowest validation loss: the result to export).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hdn_deploy._version import __version__
+from hdn_deploy.errors import ConfigError, InputError
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import Normalization, PatchSampler, compute_normalization, load_frames, split_frames
+from .model import LadderVAE, TopDownResult
+
+log = logging.getLogger("hdn_deploy.training")
+
+RUN_FILE = "run.json"
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+METRICS = "metrics.csv"
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished (or stopped) run."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    steps: int
+    epochs: int
+    best_val_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    collapse_warning: bool = False
+
+
+def hdn_loss(
+    model: LadderVAE,
+    batch: torch.Tensor,
+    result: TopDownResult,
+    noise_model,
+    norm: Normalization,
+    kl_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Reference HDN objective: mean pixel NLL + free-bits KL per pixel."""
+    signal = result.signal * norm.std + norm.mean
+    observation = batch * norm.std + norm.mean
+    recon = -noise_model.log_likelihood(observation, signal).mean()
+    per_level = torch.stack([kl.mean() for kl in result.kl])  # batch-averaged, per level
+    n_pixels = batch.shape[-1] * batch.shape[-2]
+    kl_loss = per_level.clamp(min=model.config.free_bits).sum() / n_pixels
+    return {
+        "loss": recon + kl_weight * kl_loss,
+        "recon": recon,
+        "kl": kl_loss,
+        "kl_raw": per_level.sum() / n_pixels,
+        "kl_levels": per_level / n_pixels,
+    }
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    tensors, plain = {}, {}
+    for idx, entries in state["state"].items():
+        plain[str(idx)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                plain[str(idx)][key] = value
+    return {"param_groups": state["param_groups"], "plain": plain}, tensors
+
+
+def _unflatten_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in meta["plain"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class TrainingRun:
+    """One training run: data, model, optimiser and the bookkeeping to resume it."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        data: Sequence[str],
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        noise_model,
+    ):
+        self.run_dir = Path(run_dir)
+        self.data = [str(d) for d in data]
+        self.model_config = model_config
+        self.cfg = train_config
+        self.noise_model = noise_model
+        frames, self.files = load_frames(self.data, model_config.patch_size)
+        train, val = split_frames(frames, train_config.val_fraction, model_config.patch_size)
+        self.norm = compute_normalization(train)
+        torch.manual_seed(train_config.seed)
+        self.model = LadderVAE(model_config)
+        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=train_config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=train_config.lr_factor,
+            patience=train_config.lr_patience,
+        )
+        self.sampler = PatchSampler([self.norm.apply(f) for f in train],
+                                    model_config.patch_size, train_config.seed)
+        val_sampler = PatchSampler([self.norm.apply(f) for f in val],
+                                   model_config.patch_size, train_config.seed + 1)
+        self.val_batch = torch.from_numpy(val_sampler.batch(train_config.val_patches, augmented=False))
+        self.step = 0
+        self.epoch = 0
+        self.best_val = math.inf
+        self.bad_epochs = 0
+        self.history: list[dict[str, float]] = []
+        self.collapse_warning = False
+
+    # ------------------------------------------------------------- persistence
+    def settings(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "model": self.model_config.to_dict(),
+            "train": self.cfg.to_dict(),
+            "likelihood": self.noise_model.state()[0],
+        }
+
+    def _checkpoint(self, with_state: bool) -> Checkpoint:
+        meta, arrays = self.noise_model.state()
+        ckpt = Checkpoint(
+            model_config=self.model_config,
+            normalization=self.norm,
+            model_state=self.model.state_dict(),
+            likelihood=meta,
+            likelihood_arrays=arrays,
+            provenance={
+                "hdn_deploy_version": __version__,
+                "torch_version": torch.__version__,
+                "data": self.files,
+                "step": self.step,
+                "epoch": self.epoch,
+                "best_val_loss": self.best_val,
+                "train_config": self.cfg.to_dict(),
+            },
+        )
+        if with_state:
+            opt_meta, opt_tensors = _flatten_optimizer(self.optimizer.state_dict())
+            ckpt.training_state = {
+                "optimizer": opt_meta,
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "epoch": self.epoch,
+                "best_val": self.best_val,
+                "bad_epochs": self.bad_epochs,
+                "sampler_rng": self.sampler.get_state(),
+                "history": self.history,
+                "collapse_warning": self.collapse_warning,
+            }
+            ckpt.training_tensors = {**opt_tensors, "rng.torch": torch.get_rng_state()}
+        return ckpt
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        state = ckpt.training_state
+        if state is None:
+            raise ConfigError(f"{path}: checkpoint holds no training state; cannot resume from it")
+        self.model.load_state_dict(ckpt.model_state)
+        self.optimizer.load_state_dict(_unflatten_optimizer(state["optimizer"], ckpt.training_tensors))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.set_state(state["sampler_rng"])
+        torch.set_rng_state(ckpt.training_tensors["rng.torch"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.best_val, self.bad_epochs = state["best_val"], state["bad_epochs"]
+        self.history = list(state["history"])
+        self.collapse_warning = bool(state.get("collapse_warning", False))
+
+    def _write_metrics(self) -> None:
+        if not self.history:
+            return
+        path = self.run_dir / METRICS
+        tmp = path.with_name(f".{METRICS}.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(self.history[-1]))
+            writer.writeheader()
+            writer.writerows(self.history)
+        tmp.replace(path)
+
+    # ---------------------------------------------------------------- steps
+    def kl_weight(self) -> float:
+        if self.cfg.kl_warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        self.model.train()
+        batch = torch.from_numpy(self.sampler.batch(self.cfg.batch_size))
+        result = self.model(batch)
+        losses = hdn_loss(self.model, batch, result, self.noise_model, self.norm, self.kl_weight())
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.optimizer.step()
+        self.step += 1
+        return losses
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        generator = torch.Generator().manual_seed(self.cfg.seed + 2)
+        totals: dict[str, float] = {}
+        chunks = torch.split(self.val_batch, self.cfg.batch_size)
+        for chunk in chunks:
+            eps = self.model.draw_eps(chunk.shape[0], chunk.shape[2], chunk.shape[3], generator)
+            losses = hdn_loss(self.model, chunk, self.model(chunk, eps), self.noise_model, self.norm)
+            for key in ("loss", "recon", "kl", "kl_raw"):
+                totals[key] = totals.get(key, 0.0) + float(losses[key]) * chunk.shape[0]
+        return {k: v / self.val_batch.shape[0] for k, v in totals.items()}
+
+    def _check_collapse(self, val: dict[str, float]) -> None:
+        floor = self.model_config.n_levels * self.model_config.free_bits / self.model_config.patch_size**2
+        if val["kl_raw"] > max(0.01, 2 * floor) or len(self.history) < 4:
+            return
+        recent = [row["val_recon"] for row in self.history[-4:]]
+        if min(recent[1:]) > recent[0] - 0.005 * abs(recent[0]):
+            self.collapse_warning = True
+            log.warning(
+                "possible posterior collapse: total KL is %.4g nats/pixel and the reconstruction "
+                "loss has stalled; consider --kl-warmup-steps, longer training or fewer uncond levels",
+                val["kl_raw"],
+            )
+
+    def end_epoch(self, train_sums: dict[str, float], n_steps: int, seconds: float) -> bool:
+        """Validate, step the LR scheduler, checkpoint; return True to stop early."""
+        val = self.validate()
+        full_epoch = n_steps == self.cfg.steps_per_epoch
+        if full_epoch:
+            self.epoch += 1
+            self.scheduler.step(val["loss"])
+        row = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **{f"train_{k}": v / max(n_steps, 1) for k, v in train_sums.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "patches_per_s": n_steps * self.cfg.batch_size / max(seconds, 1e-9),
+        }
+        self.history.append(row)
+        improved = val["loss"] < self.best_val
+        if improved:
+            self.best_val = val["loss"]
+            self.bad_epochs = 0
+            save_checkpoint(self.run_dir / BEST, self._checkpoint(with_state=False))
+        elif full_epoch:
+            self.bad_epochs += 1
+        self._check_collapse(val)
+        save_checkpoint(self.run_dir / LAST, self._checkpoint(with_state=True))
+        self._write_metrics()
+        return self.bad_epochs >= self.cfg.early_stop_patience
+
+    def total_steps(self) -> int:
+        limits = []
+        if self.cfg.max_steps is not None:
+            limits.append(self.cfg.max_steps)
+        if self.cfg.max_epochs is not None:
+            limits.append(self.cfg.max_epochs * self.cfg.steps_per_epoch)
+        return min(limits)
+
+    def run(self, *, progress: bool = True) -> TrainResult:
+        total = self.total_steps()
+        stopped_early = False
+        bar = tqdm(total=total, initial=self.step, disable=not progress, unit="step", desc="train")
+        try:
+            while self.step < total and not stopped_early:
+                sums = {"loss": 0.0, "recon": 0.0, "kl": 0.0, "kl_raw": 0.0}
+                level_sums = np.zeros(self.model_config.n_levels)
+                start, n = time.perf_counter(), 0
+                while n < self.cfg.steps_per_epoch and self.step < total:
+                    losses = self.train_step()
+                    n += 1
+                    for key in sums:
+                        sums[key] += float(losses[key])
+                    level_sums += losses["kl_levels"].detach().numpy()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(losses['loss']):.4f}",
+                                    recon=f"{float(losses['recon']):.4f}",
+                                    kl=f"{float(losses['kl_raw']):.4f}")
+                sums.update({f"kl_level_{i}": v for i, v in enumerate(level_sums)})
+                stopped_early = self.end_epoch(sums, n, time.perf_counter() - start)
+        finally:
+            bar.close()
+        return TrainResult(
+            run_dir=self.run_dir, best_checkpoint=self.run_dir / BEST, steps=self.step,
+            epochs=self.epoch, best_val_loss=self.best_val, history=self.history,
+            stopped_early=stopped_early, collapse_warning=self.collapse_warning,
+        )
+
+
+def train(
+    data: Sequence[str | Path],
+    run_dir: str | Path,
+    *,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    noise_model,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a new HDN model; the run folder must not hold a run already.
+
+    Every input is validated before anything is written to ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another folder")
+    if train_config.num_threads:
+        torch.set_num_threads(train_config.num_threads)
+    run = TrainingRun(run_dir=run_dir, data=[str(d) for d in data], model_config=model_config,
+                      train_config=train_config, noise_model=noise_model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(json.dumps(run.settings(), indent=2))
+    return run.run(progress=progress)
+
+
+def resume(run_dir: str | Path, *, overrides: dict[str, Any] | None = None,
+           progress: bool = True) -> TrainResult:
+    """Continue a run from its last checkpoint; ``overrides`` may raise max_steps/epochs."""
+    from .noise_models import noise_model_from_state
+
+    run_dir = Path(run_dir)
+    settings_path = run_dir / RUN_FILE
+    if not settings_path.is_file() or not (run_dir / LAST).is_file():
+        raise InputError(f"{run_dir}: no resumable run here (needs {RUN_FILE} and {LAST})")
+    settings = json.loads(settings_path.read_text())
+    train_cfg = TrainConfig.from_dict({**settings["train"], **(overrides or {})})
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    last = load_checkpoint(run_dir / LAST)
+    run = TrainingRun(
+        run_dir=run_dir, data=settings["data"], model_config=ModelConfig.from_dict(settings["model"]),
+        train_config=train_cfg, noise_model=noise_model_from_state(last.likelihood, last.likelihood_arrays),
+    )
+    run.restore(run_dir / LAST)
+    if overrides:
+        settings["train"] = train_cfg.to_dict()
+        (run_dir / RUN_FILE).write_text(json.dumps(settings, indent=2))
+    return run.run(progress=progress)
