@@ -294,7 +294,7 @@ class TrainingRun:
                     losses = self.train_step()
                     n += 1
                     for key in sums:
-                        sums[key] += float(losses[key])
+                        sums[key] += float(losses[key].detach())
                     level_sums += losses["kl_levels"].detach().numpy()
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(losses['loss']):.4f}",

@@ -31,7 +31,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import noise_model, train  # noqa: F401  (each adds its commands to main)
+    from . import denoise, export, info, noise_model, train  # noqa: F401  (each adds commands)
 
 
 _register()

@@ -1,1 +1,156 @@
-"""`hdn-deploy train` (placeholder while being written)."""
+"""`hdn-deploy train`: train an HDN model from noisy TIFFs (needs the [train] extra)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ConfigError, InputError
+from .._optional import require
+from .main import handle_errors, main
+
+# CLI flag -> (section, key) in the config file / dataclasses.
+_MODEL_FLAGS = {
+    "filters": "n_filters", "blocks": "blocks_per_level", "dropout": "dropout",
+    "free_bits": "free_bits", "patch_size": "patch_size", "batchnorm": "batchnorm",
+    "gated": "gated",
+}
+_TRAIN_FLAGS = {
+    "batch_size": "batch_size", "lr": "lr", "max_steps": "max_steps", "max_epochs": "max_epochs",
+    "steps_per_epoch": "steps_per_epoch", "val_fraction": "val_fraction", "val_patches": "val_patches",
+    "early_stop_patience": "early_stop_patience", "kl_warmup_steps": "kl_warmup_steps",
+    "seed": "seed", "threads": "num_threads",
+}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a YAML (.yaml/.yml) or TOML (.toml) file."""
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = require("yaml", purpose="reading a YAML config").safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
+    except ConfigError:
+        raise
+    except Exception as exc:  # parser errors of either format
+        raise ConfigError(f"{path}: cannot parse config file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    allowed = {"data", "output", "noise_model", "gaussian_sigma", "structured", "model", "train"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return data
+
+
+def merge_settings(file_settings: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Config-file settings with command-line flags (those given) on top."""
+    settings = {k: v for k, v in file_settings.items() if k not in ("model", "train")}
+    model = dict(file_settings.get("model") or {})
+    train = dict(file_settings.get("train") or {})
+    for flag, key in _MODEL_FLAGS.items():
+        if flags.get(flag) is not None:
+            model[key] = flags[flag]
+    for flag, key in _TRAIN_FLAGS.items():
+        if flags.get(flag) is not None:
+            train[key] = flags[flag]
+    if flags.get("levels") is not None or flags.get("latent_channels") is not None:
+        n = flags.get("levels") or len(model.get("z_dims", [32] * 6))
+        z = flags.get("latent_channels") or (model.get("z_dims") or [32])[0]
+        model["z_dims"] = [z] * n
+    for key in ("data", "output", "noise_model", "gaussian_sigma"):
+        if flags.get(key):
+            settings[key] = flags[key]
+    if flags.get("structured"):
+        settings["structured"] = True
+    if settings.get("structured"):
+        model["uncond_levels"] = [0, 1]
+    settings["model"], settings["train"] = model, train
+    return settings
+
+
+def _noise_model(settings: dict[str, Any]):
+    from ..training.noise_models import GaussianNoiseModel, load_noise_model
+
+    has_nm, has_sigma = settings.get("noise_model"), settings.get("gaussian_sigma")
+    if bool(has_nm) == bool(has_sigma):
+        raise ConfigError(
+            "give exactly one likelihood: --noise-model FILE (from `hdn-deploy noise-model`) "
+            "or --gaussian-sigma SIGMA (known Gaussian noise, raw intensity units)"
+        )
+    if has_sigma:
+        return GaussianNoiseModel(float(has_sigma))
+    return load_noise_model(Path(has_nm))
+
+
+@main.command()
+@click.argument("data", nargs=-1)
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder (checkpoints, metrics.csv).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML or TOML settings; flags override it.")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its last checkpoint.")
+@click.option("--noise-model", type=click.Path(dir_okay=False), help="Noise model file (.npz).")
+@click.option("--gaussian-sigma", type=float, help="Known Gaussian noise std (raw units).")
+@click.option("--structured", is_flag=True, help="Structured-noise mode: uncond_levels=[0, 1].")
+@click.option("--levels", type=int, help="Latent levels (default 6).")
+@click.option("--latent-channels", type=int, help="Latent channels per level (default 32).")
+@click.option("--filters", type=int, help="Feature channels (default 64).")
+@click.option("--blocks", type=int, help="Residual blocks per level (default 5).")
+@click.option("--dropout", type=float, help="Dropout2d probability (default 0.2).")
+@click.option("--batchnorm/--no-batchnorm", default=None)
+@click.option("--gated/--no-gated", default=None)
+@click.option("--free-bits", type=float, help="KL free bits per level per patch (default 1).")
+@click.option("--patch-size", type=int, help="Training patch size (default 64).")
+@click.option("--batch-size", type=int, help="Patches per step (default 64).")
+@click.option("--lr", type=float, help="Adamax learning rate (default 3e-4).")
+@click.option("--max-steps", type=int, help="Stop after this many steps.")
+@click.option("--max-epochs", type=int, help="Stop after this many epochs (default 100).")
+@click.option("--steps-per-epoch", type=int, help="Steps between validations (default 200).")
+@click.option("--val-fraction", type=float, help="Share of data held out (default 0.1).")
+@click.option("--val-patches", type=int, help="Fixed validation patches (default 256).")
+@click.option("--early-stop-patience", type=int, help="Epochs without improvement (default 30).")
+@click.option("--kl-warmup-steps", type=int, help="Ramp the KL weight from 0 to 1 (default 0).")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def train(data, output, config_file, resume, quiet, **flags):
+    """Train an HDN model on noisy TIFF images DATA (files, folders, globs)."""
+    require("torch", purpose="`hdn-deploy train`")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from ..training import trainer
+
+    if resume is not None:
+        overrides = {k: flags[f] for f, k in (("max_steps", "max_steps"), ("max_epochs", "max_epochs"))
+                     if flags.get(f) is not None}
+        result = trainer.resume(resume, overrides=overrides, progress=not quiet)
+    else:
+        file_settings = read_config_file(config_file) if config_file else {}
+        settings = merge_settings(file_settings, {**flags, "data": list(data), "output": output})
+        if not settings.get("data"):
+            raise InputError("no training data given: pass TIFF files, folders or globs")
+        if not settings.get("output"):
+            raise ConfigError("no run folder given: pass -o RUN_DIR (or `output` in the config)")
+        from ..training.config import ModelConfig, TrainConfig
+
+        result = trainer.train(
+            settings["data"], settings["output"],
+            model_config=ModelConfig.from_dict(settings["model"]),
+            train_config=TrainConfig.from_dict(settings["train"]),
+            noise_model=_noise_model(settings), progress=not quiet,
+        )
+    click.echo(
+        f"trained {result.steps} steps ({result.epochs} epochs); best validation loss "
+        f"{result.best_val_loss:.5f}; model: {result.best_checkpoint}"
+    )
+    if result.collapse_warning:
+        click.echo("warning: posterior collapse suspected (see metrics.csv, KL per level)", err=True)

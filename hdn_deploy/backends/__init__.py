@@ -1,0 +1,30 @@
+"""Inference backends. ``create_backend(name, package, ...)`` picks one by name.
+
+Names: ``cpu`` / ``cuda`` / ``ort-tensorrt`` (onnxruntime with that execution provider),
+``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU). A native TensorRT backend will
+plug in here under the name ``tensorrt``, implementing the same two-call contract.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..package import ModelPackage
+from .base import Backend
+
+BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt")
+
+
+def create_backend(name: str, package: ModelPackage, *, threads: int | None = None, **options) -> Backend:
+    """Instantiate the backend ``name`` for ``package``."""
+    from .onnxrt import OnnxRuntimeBackend
+
+    if name == "auto":
+        import onnxruntime as ort
+
+        name = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    device = {"cpu": "cpu", "cuda": "cuda", "ort-tensorrt": "tensorrt"}.get(name)
+    if device is None:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    return OnnxRuntimeBackend(package, device=device, threads=threads, **options)
+
+
+__all__ = ["Backend", "BACKENDS", "create_backend"]

@@ -1,0 +1,116 @@
+"""onnxruntime backend: CPU, CUDA or TensorRT execution provider.
+
+Options
+-------
+device : "cpu" | "cuda" | "tensorrt"
+    Execution provider. CUDA/TensorRT need the ``onnxruntime-gpu`` wheel
+    (``pip install 'hdn-deploy[gpu]'``, never together with ``onnxruntime``). A provider that
+    is asked for and not available raises BackendError listing the available ones; there is
+    no silent fallback to the CPU.
+threads : int | None
+    intra-op threads (None: onnxruntime's default, all physical cores).
+graph_optimization : "disable" | "basic" | "extended" | "all"
+trt_fp16, trt_cache_dir : TensorRT provider options (engine cache on disk).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._optional import require
+from ..errors import BackendError, ConfigError
+from ..package import ModelPackage
+from .base import Backend
+
+_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class OnnxRuntimeBackend(Backend):
+    """Both graphs as onnxruntime InferenceSessions (``run`` is thread-safe)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        graph_optimization: str = "all",
+        trt_fp16: bool = False,
+        trt_cache_dir: str | Path | None = None,
+    ):
+        super().__init__(package)
+        ort = require("onnxruntime", purpose="the onnxruntime backend")
+        self._ort = ort
+        if device not in _PROVIDERS:
+            raise ConfigError(f"unknown device {device!r}; choose one of {sorted(_PROVIDERS)}")
+        if graph_optimization not in _OPT_LEVELS:
+            raise ConfigError(f"graph_optimization must be one of {_OPT_LEVELS}, got {graph_optimization!r}")
+        available = ort.get_available_providers()
+        wanted = _PROVIDERS[device]
+        if wanted not in available:
+            raise BackendError(
+                f"onnxruntime has no {wanted} here (available: {available}); for GPUs install "
+                "onnxruntime-gpu (pip install 'hdn-deploy[gpu]') and uninstall onnxruntime"
+            )
+        self.device = device
+        self.threads = threads
+        self.graph_optimization = graph_optimization
+        providers = self._providers(device, trt_fp16, trt_cache_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel,
+            {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+             "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}[graph_optimization],
+        )
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._encoder = ort.InferenceSession(str(package.encoder_path), options, providers=providers)
+            self._decoder = ort.InferenceSession(str(package.decoder_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"{package.path}: onnxruntime could not load the graphs ({exc})") from exc
+        active = self._decoder.get_providers()
+        if active[0] != wanted:
+            raise BackendError(f"{wanted} was requested but onnxruntime activated {active}")
+        self._bu_names = [o.name for o in self._encoder.get_outputs()]
+        self._eps_names = [f"eps_{i}" for i in self.levels]
+
+    @staticmethod
+    def _providers(device: str, trt_fp16: bool, trt_cache_dir) -> list:
+        if device == "cpu":
+            return ["CPUExecutionProvider"]
+        if device == "cuda":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        trt_options = {"trt_fp16_enable": bool(trt_fp16)}
+        if trt_cache_dir:
+            trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir),
+                               trt_timing_cache_enable=True)
+        return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider",
+                "CPUExecutionProvider"]
+
+    def _encode(self, image: np.ndarray) -> list[np.ndarray]:
+        return self._encoder.run(None, {"image": image})
+
+    def _decode(self, features: list[np.ndarray], eps: list[np.ndarray]) -> np.ndarray:
+        feed = dict(zip(self._bu_names, features))
+        feed.update(zip(self._eps_names, eps))
+        return self._decoder.run(None, feed)[0]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "device": self.device,
+            "onnxruntime_version": self._ort.__version__,
+            "threads": self.threads,
+            "graph_optimization": self.graph_optimization,
+        }

@@ -1,0 +1,215 @@
+"""The public API: ``Denoiser`` loads a model package once and denoises images.
+
+It only composes the pieces: package (manifest) -> backend (graphs) -> tiler (splitter
+and merger) -> latent sampler (seeded eps) -> running moments (MMSE and std).
+"""
+from __future__ import annotations
+
+import platform
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ._version import __version__
+from .backends import Backend, create_backend
+from .errors import ConfigError, InputError
+from .latents import LatentSampler, SamplingMode
+from .package import ModelPackage, load_package
+from .stats import RunningMoments
+from .tiling import Tile, Tiler
+
+DEFAULT_SAMPLES = 100
+DEFAULT_BATCH = 4
+
+
+@dataclass(frozen=True)
+class DenoiseResult:
+    """Result of one call, in the input's intensity units.
+
+    Attributes
+    ----------
+    mmse : numpy.ndarray
+        float32, the input's shape: mean of the samples (the MMSE estimate).
+    std : numpy.ndarray
+        float32, per-pixel standard deviation of the samples (uncertainty).
+    samples : numpy.ndarray or None
+        float32 ``(k, *shape)``: the first k samples, when asked for.
+    metadata : dict
+        Seed, sampling settings, model hash, backend and versions.
+    """
+
+    mmse: np.ndarray
+    std: np.ndarray
+    samples: np.ndarray | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Yielded by :meth:`Denoiser.iter_denoise` after every tile."""
+
+    tiles_done: int
+    tiles_total: int
+    result: DenoiseResult | None = None  # set on the last event only
+
+
+def _slice_seed(seed: int, index: int) -> int:
+    """Seed of slice ``index`` of a stack: slice 0 uses ``seed`` itself, so a 2D image and
+    the first slice of a stack draw the same latents; others get independent streams."""
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+
+
+class Denoiser:
+    """Load a model package once; denoise many images, from any number of threads.
+
+    Parameters
+    ----------
+    model
+        Model package folder (or a loaded :class:`ModelPackage`).
+    backend
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"ort-tensorrt"``, or a Backend instance.
+    threads
+        CPU threads for the backend (None: the backend's default).
+
+    Examples
+    --------
+    >>> den = Denoiser("model/")                              # doctest: +SKIP
+    >>> res = den.denoise(image, n_samples=100, seed=1)       # doctest: +SKIP
+    >>> res.mmse, res.std                                     # doctest: +SKIP
+    """
+
+    def __init__(self, model: str | Path | ModelPackage, *, backend: str | Backend = "auto",
+                 threads: int | None = None, **backend_options):
+        self.package = model if isinstance(model, ModelPackage) else load_package(model)
+        self.backend = (backend if isinstance(backend, Backend)
+                        else create_backend(backend, self.package, threads=threads, **backend_options))
+        self._levels = [(lv.index, lv.channels) for lv in self.package.sampled_levels]
+        self._lock = threading.Lock()  # guards nothing hot; kept for future stateful backends
+
+    # ------------------------------------------------------------------ public
+    def denoise(self, image: np.ndarray, **options) -> DenoiseResult:
+        """Denoise a 2D image (Y, X) or a stack (n, Y, X), slice by slice.
+
+        Keyword options: ``n_samples`` (100), ``seed`` (0), ``tile`` and ``overlap``
+        (package defaults), ``sampling`` ("mc", "antithetic" or "mean"), ``keep_samples``
+        (0), ``batch_size`` (samples per decoder call, 4), ``blend`` ("hann").
+        """
+        last = None
+        for event in self.iter_denoise(image, **options):
+            last = event
+        return last.result
+
+    def iter_denoise(
+        self,
+        image: np.ndarray,
+        *,
+        n_samples: int = DEFAULT_SAMPLES,
+        seed: int = 0,
+        tile: int | None = None,
+        overlap: int | None = None,
+        sampling: SamplingMode | str = SamplingMode.MC,
+        keep_samples: int = 0,
+        batch_size: int = DEFAULT_BATCH,
+        blend: str = "hann",
+    ) -> Iterator[Progress]:
+        """Like :meth:`denoise`, but yields a :class:`Progress` after every tile so callers
+        can show progress or stop early; the last event carries the result."""
+        array = self._check_image(image)
+        mode = SamplingMode(sampling) if not isinstance(sampling, SamplingMode) else sampling
+        if mode is SamplingMode.MEAN:
+            n_samples = 1
+        if n_samples < 1 or batch_size < 1 or keep_samples < 0:
+            raise ConfigError(
+                f"n_samples ({n_samples}) and batch_size ({batch_size}) must be >= 1 and "
+                f"keep_samples ({keep_samples}) >= 0"
+            )
+        tiler = Tiler(tile or self.package.recommended_tile,
+                      self.package.recommended_overlap if overlap is None else overlap,
+                      multiple=self.package.spatial_multiple, blend=blend)
+        stack = array[None] if array.ndim == 2 else array
+        keep = min(keep_samples, n_samples)
+        plans = [tiler.plan(s.shape) for s in stack]
+        total = sum(len(p) for p in plans)
+        done = 0
+        mmse = np.empty(stack.shape, np.float32)
+        std = np.empty(stack.shape, np.float32)
+        kept = np.empty((keep, *stack.shape), np.float32) if keep else None
+        for z, (frame, plan) in enumerate(zip(stack, plans)):
+            sampler = LatentSampler(_slice_seed(seed, z), mode=mode)
+            merger = tiler.merger(plan)
+            kept_sum = np.zeros((keep, *plan.padded_shape)) if keep else None
+            kept_weight = np.zeros(plan.padded_shape) if keep else None
+            normalised = (frame - self.package.mean) / self.package.std
+            for t, patch in tiler.iter_tiles(normalised.astype(np.float32), plan):
+                moments = self._tile_moments(patch, t, sampler, n_samples, batch_size, keep)
+                merger.add(t, moments.mean(), moments.second_moment())
+                if keep:
+                    window = merger.window(t)
+                    kept_sum[(slice(None), *t.slices)] += window * moments.samples
+                    kept_weight[t.slices] += window
+                done += 1
+                if done < total:
+                    yield Progress(done, total)
+            mean, sd = merger.finalize()
+            mmse[z] = mean * self.package.std + self.package.mean
+            std[z] = sd * self.package.std
+            if keep:
+                h, w = plan.image_shape
+                kept[:, z] = (kept_sum[:, :h, :w] / kept_weight[:h, :w] * self.package.std
+                              + self.package.mean)
+        squeeze = array.ndim == 2
+        samples = None if kept is None else (kept[:, 0] if squeeze else kept)
+        metadata = self._metadata(seed=seed, n_samples=n_samples, mode=mode, tiler=tiler,
+                                  batch_size=batch_size, shape=array.shape)
+        yield Progress(total, total, DenoiseResult(
+            mmse=mmse[0] if squeeze else mmse, std=std[0] if squeeze else std,
+            samples=samples, metadata=metadata))
+
+    # ----------------------------------------------------------------- helpers
+    def _check_image(self, image: np.ndarray) -> np.ndarray:
+        array = np.asarray(image)
+        if array.dtype.kind not in "uif":
+            raise InputError(f"expected a numeric image array, got dtype {array.dtype}")
+        if array.ndim not in (2, 3) or array.size == 0:
+            raise InputError(
+                f"expected a 2D image (Y, X) or a stack (n, Y, X), got shape {array.shape}; "
+                "split channels or extra axes first"
+            )
+        array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise InputError("image contains NaN or Inf values")
+        return array
+
+    def _tile_moments(self, patch: np.ndarray, tile: Tile, sampler: LatentSampler,
+                      n_samples: int, batch_size: int, keep: int) -> RunningMoments:
+        features = self.backend.encode(patch[None, None])
+        moments = RunningMoments(patch.shape, keep=keep)
+        for start in range(0, n_samples, batch_size):
+            indices = list(range(start, min(start + batch_size, n_samples)))
+            eps = sampler.tile_eps(indices, self._levels, tile.y0, tile.x0, tile.height, tile.width)
+            moments.update(self.backend.decode(features, eps)[:, 0])
+        return moments
+
+    def _metadata(self, *, seed, n_samples, mode, tiler, batch_size, shape) -> dict[str, Any]:
+        return {
+            "software": "hdn-deploy",
+            "hdn_deploy_version": __version__,
+            "numpy_version": np.__version__,
+            "python_version": platform.python_version(),
+            "model_sha256": self.package.model_hash,
+            "model_path": str(self.package.path),
+            "seed": int(seed),
+            "n_samples": int(n_samples),
+            "sampling": mode.value,
+            "tile": tiler.tile_size,
+            "overlap": tiler.overlap,
+            "blend": tiler.blend.value if hasattr(tiler.blend, "value") else str(tiler.blend),
+            "batch_size": int(batch_size),
+            "backend": self.backend.describe(),
+            "shape": list(shape),
+        }
