@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from hdn_deploy._version import __version__
 from hdn_deploy.errors import PackageError
+from hdn_deploy.io import create_temp_beside
 from hdn_deploy.package import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -182,7 +182,7 @@ def package_from_checkpoint(
     example = _verification_image(size, 0)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    staging = create_temp_beside(output, directory=True)  # 0777 less umask, not 0700
     try:
         with torch.no_grad():
             features = model.bottom_up(example)

@@ -18,12 +18,15 @@ _EXTRA_FOR = {
 }
 
 
-def require(module: str, *, purpose: str) -> ModuleType:
-    """Import ``module`` or raise MissingDependencyError saying how to install it."""
+def require(module: str, *, purpose: str, extra: str | None = None) -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError saying how to install it.
+
+    ``extra`` names the pip extra to suggest (default: the usual extra of ``module``).
+    """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        extra = _EXTRA_FOR.get(module.split(".")[0], "dev")
+        extra = extra or _EXTRA_FOR.get(module.split(".")[0], "dev")
         raise MissingDependencyError(
             f"{purpose} needs the Python package '{module}', which is not installed "
             f"({exc}). Install it with: pip install 'hdn-deploy[{extra}]'"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +17,7 @@ import numpy as np
 from ._version import __version__
 from .backends import Backend, create_backend
 from .errors import ConfigError, InputError
-from .latents import LatentSampler, SamplingMode
+from .latents import LatentSampler, SamplingMode, _sampling_mode
 from .package import ModelPackage, load_package
 from .stats import RunningMoments
 from .tiling import Tile, Tiler
@@ -64,6 +65,16 @@ def _slice_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
 
 
+def _timed(timings: dict[str, float] | None, phase: str, func, *args):
+    """Call ``func(*args)``; when ``timings`` is a dict, add the seconds spent to ``phase``."""
+    if timings is None:
+        return func(*args)
+    start = time.perf_counter()
+    out = func(*args)
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+    return out
+
+
 class Denoiser:
     """Load a model package once; denoise many images, from any number of threads.
 
@@ -97,7 +108,8 @@ class Denoiser:
 
         Keyword options: ``n_samples`` (100), ``seed`` (0), ``tile`` and ``overlap``
         (package defaults), ``sampling`` ("mc", "antithetic" or "mean"), ``keep_samples``
-        (0), ``batch_size`` (samples per decoder call, 4), ``blend`` ("hann").
+        (0), ``batch_size`` (samples per decoder call, 4), ``blend`` ("hann"), ``timings``
+        (None, or a dict that accumulates seconds per phase; see :meth:`iter_denoise`).
         """
         last = None
         for event in self.iter_denoise(image, **options):
@@ -116,11 +128,17 @@ class Denoiser:
         keep_samples: int = 0,
         batch_size: int = DEFAULT_BATCH,
         blend: str = "hann",
+        timings: dict[str, float] | None = None,
     ) -> Iterator[Progress]:
         """Like :meth:`denoise`, but yields a :class:`Progress` after every tile so callers
-        can show progress or stop early; the last event carries the result."""
+        can show progress or stop early; the last event carries the result.
+
+        ``timings``: when a dict is given, wall-clock seconds are added (``+=``, so one dict
+        can sum several calls) under ``"encode"`` (bottom-up graph), ``"latents"`` (drawing
+        eps), ``"decode"`` (top-down graph), ``"stats"`` (running moments) and ``"merge"``
+        (blending tiles into the image). None (default) measures nothing."""
         array = self._check_image(image)
-        mode = SamplingMode(sampling) if not isinstance(sampling, SamplingMode) else sampling
+        mode = _sampling_mode(sampling)
         if mode is SamplingMode.MEAN:
             n_samples = 1
         if n_samples < 1 or batch_size < 1 or keep_samples < 0:
@@ -146,8 +164,9 @@ class Denoiser:
             kept_weight = np.zeros(plan.padded_shape) if keep else None
             normalised = (frame - self.package.mean) / self.package.std
             for t, patch in tiler.iter_tiles(normalised.astype(np.float32), plan):
-                moments = self._tile_moments(patch, t, sampler, n_samples, batch_size, keep)
-                merger.add(t, moments.mean(), moments.second_moment())
+                moments = self._tile_moments(patch, t, sampler, n_samples, batch_size, keep,
+                                             timings)
+                _timed(timings, "merge", merger.add, t, moments.mean(), moments.second_moment())
                 if keep:
                     window = merger.window(t)
                     kept_sum[(slice(None), *t.slices)] += window * moments.samples
@@ -155,7 +174,7 @@ class Denoiser:
                 done += 1
                 if done < total:
                     yield Progress(done, total)
-            mean, sd = merger.finalize()
+            mean, sd = _timed(timings, "merge", merger.finalize)
             mmse[z] = mean * self.package.std + self.package.mean
             std[z] = sd * self.package.std
             if keep:
@@ -172,7 +191,10 @@ class Denoiser:
 
     # ----------------------------------------------------------------- helpers
     def _check_image(self, image: np.ndarray) -> np.ndarray:
-        array = np.asarray(image)
+        try:
+            array = np.asarray(image)
+        except (TypeError, ValueError) as exc:  # ragged nested lists and the like
+            raise InputError(f"cannot use the image as an array: {exc}") from exc
         if array.dtype.kind not in "uif":
             raise InputError(f"expected a numeric image array, got dtype {array.dtype}")
         if array.ndim not in (2, 3) or array.size == 0:
@@ -186,13 +208,16 @@ class Denoiser:
         return array
 
     def _tile_moments(self, patch: np.ndarray, tile: Tile, sampler: LatentSampler,
-                      n_samples: int, batch_size: int, keep: int) -> RunningMoments:
-        features = self.backend.encode(patch[None, None])
+                      n_samples: int, batch_size: int, keep: int,
+                      timings: dict[str, float] | None = None) -> RunningMoments:
+        features = _timed(timings, "encode", self.backend.encode, patch[None, None])
         moments = RunningMoments(patch.shape, keep=keep)
         for start in range(0, n_samples, batch_size):
             indices = list(range(start, min(start + batch_size, n_samples)))
-            eps = sampler.tile_eps(indices, self._levels, tile.y0, tile.x0, tile.height, tile.width)
-            moments.update(self.backend.decode(features, eps)[:, 0])
+            eps = _timed(timings, "latents", sampler.tile_eps, indices, self._levels,
+                         tile.y0, tile.x0, tile.height, tile.width)
+            decoded = _timed(timings, "decode", self.backend.decode, features, eps)
+            _timed(timings, "stats", moments.update, decoded[:, 0])
         return moments
 
     def _metadata(self, *, seed, n_samples, mode, tiler, batch_size, shape) -> dict[str, Any]:

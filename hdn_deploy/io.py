@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +27,7 @@ __all__ = [
     "read_hdn_metadata",
     "cast_to_dtype",
     "output_path",
+    "create_temp_beside",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -34,7 +35,9 @@ _GLOB_CHARS = frozenset("*?[")
 # Stack axes we name; any other non-channel tifffile axis letter becomes 'Q' (unknown).
 _STACK_AXES = frozenset("ZTQ")
 # What ImageJ calls each stack axis (it knows T, Z and C only; C is never a stack here).
-_IMAGEJ_AXES = {"YX": "YX", "ZYX": "ZYX", "TYX": "TYX", "SYX": "ZYX", "QYX": "ZYX"}
+_IMAGEJ_AXES = {
+    "YX": "YX", "ZYX": "ZYX", "TYX": "TYX", "SYX": "ZYX", "QYX": "ZYX", "TZYX": "TZYX"
+}
 # dtypes ImageJ stores as they are; other integers are written as plain TIFF.
 _IMAGEJ_DTYPES = frozenset(np.dtype(d) for d in ("uint8", "uint16", "int16", "float32"))
 _COLOR_PHOTOMETRIC = frozenset(
@@ -131,7 +134,9 @@ def _read_series(path: Path) -> tuple[np.ndarray, str, int]:
         raise InputError(f"cannot read '{path}' as a TIFF image: {exc}") from exc
 
 
-def _normalise_axes(path: Path, data: np.ndarray, axes: str, photometric: int) -> tuple[np.ndarray, str]:
+def _normalise_axes(
+    path: Path, data: np.ndarray, axes: str, photometric: int
+) -> tuple[np.ndarray, str]:
     """Check channels, squeeze singleton axes and name the result 'YX' or '?YX'."""
     if len(axes) != data.ndim:  # tifffile gives one letter per dimension; be safe
         axes = "Q" * (data.ndim - 2) + "YX" if data.ndim >= 2 else "X" * data.ndim
@@ -139,7 +144,8 @@ def _normalise_axes(path: Path, data: np.ndarray, axes: str, photometric: int) -
     if photometric in _COLOR_PHOTOMETRIC or any(sizes.get(a, 1) > 1 for a in "CS"):
         raise InputError(
             f"'{path}' has several channels (axes {axes}, shape {data.shape}); "
-            "HDN expects one channel; split channels first"
+            "HDN expects one channel; split channels first (a stack of 3 or 4 planes "
+            "saved as RGB by mistake: re-save it with photometric='minisblack')"
         )
     keep = [i for i, (a, n) in enumerate(zip(axes, data.shape)) if n > 1 or a in "YX"]
     data = data.reshape([data.shape[i] for i in keep])
@@ -182,7 +188,8 @@ def read_image(path: str | Path) -> ImageData:
     if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         raise InputError(f"'{path}' has data type {data.dtype}; expected integers or real floats")
     data, axes = _normalise_axes(path, data, axes, photometric)
-    array = np.ascontiguousarray(data, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+        array = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise InputError(
@@ -193,6 +200,32 @@ def read_image(path: str | Path) -> ImageData:
 
 
 # -- writing --------------------------------------------------------------------------
+
+
+def create_temp_beside(path: str | Path, *, directory: bool = False) -> Path:
+    """Create an empty hidden ``.<name>.<random>.tmp`` file (or folder) beside ``path``.
+
+    Unlike :func:`tempfile.mkstemp` (mode 0600) and :func:`tempfile.mkdtemp` (0700), it
+    is created with mode 0666 (0777 for a folder) less the process umask, so once it is
+    renamed to ``path`` it has the permissions of a normally created file.
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be written.
+    """
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"cannot create a temporary name beside '{path}'")
 
 
 def _writable_folder(folder: Path) -> None:
@@ -225,8 +258,8 @@ def write_tiff_atomic(
     metadata : dict
         JSON-serialisable; stored in the ImageJ ``Info`` property.
     axes : str
-        ``'YX'``, ``'ZYX'``, ``'TYX'``, ``'SYX'`` or ``'QYX'``; the last two are
-        saved as ImageJ's ``'ZYX'``.
+        ``'YX'``, ``'ZYX'``, ``'TYX'``, ``'SYX'``, ``'QYX'`` (``SYX`` and ``QYX``
+        are saved as ImageJ's ``'ZYX'``) or ``'TZYX'`` (e.g. samples of a stack).
 
     Returns
     -------
@@ -256,14 +289,15 @@ def write_tiff_atomic(
     elif np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32, copy=False)
     elif not np.issubdtype(array.dtype, np.integer):
-        raise ConfigError(f"cannot write data type {array.dtype} to '{path}'; use float32 or integers")
+        raise ConfigError(
+            f"cannot write data type {array.dtype} to '{path}'; use float32 or integers"
+        )
     folder = path.parent
     _writable_folder(folder)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        tmp_name = str(create_temp_beside(path))
     except OSError as exc:
         raise InputError(f"output folder '{folder}' is not writable: {exc}") from exc
-    os.close(fd)
     try:
         ij_axes = _IMAGEJ_AXES[axes]
         if array.dtype in _IMAGEJ_DTYPES:

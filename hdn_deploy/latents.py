@@ -201,9 +201,12 @@ class LatentSampler:
         return specs
 
     @staticmethod
-    def _check_tile(specs: list[tuple[int, int]], y0: int, x0: int, height: int, width: int) -> None:
+    def _check_tile(
+        specs: list[tuple[int, int]], y0: int, x0: int, height: int, width: int
+    ) -> None:
         factor = 2 ** (max(level for level, _ in specs) + 1)
-        for name, value, low in (("y0", y0, 0), ("x0", x0, 0), ("height", height, 1), ("width", width, 1)):
+        named = (("y0", y0, 0), ("x0", x0, 0), ("height", height, 1), ("width", width, 1))
+        for name, value, low in named:
             value = _check_int(name, value, low=low, high=2**32)
             if value % factor:
                 raise ConfigError(
@@ -211,7 +214,9 @@ class LatentSampler:
                     "tile sizes and origins must be aligned with every latent grid"
                 )
 
-    def _fill_level(self, arr: np.ndarray, samples: list[int], level: int, ly0: int, lx0: int) -> None:
+    def _fill_level(
+        self, arr: np.ndarray, samples: list[int], level: int, ly0: int, lx0: int
+    ) -> None:
         # Group batch rows by stream, so each stream is drawn once (antithetic pairs,
         # repeated indices); the first row of a stream is drawn, the others copied.
         antithetic = self._mode is SamplingMode.ANTITHETIC

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +118,37 @@ _REQUIRED = ("format", "format_version", "normalization", "spatial_multiple", "l
              "graphs", "weights_sha256", "recommended_tile", "recommended_overlap")
 
 
+_LEVEL_KEYS = frozenset(f.name for f in fields(LevelInfo))
+
+
+def _check_entries(manifest_path: Path, manifest: dict[str, Any]) -> None:
+    """The nested entries the runtime reads: graphs and levels (PackageError if malformed)."""
+    graphs = manifest["graphs"]
+    for name in ("encoder", "decoder"):
+        entry = graphs.get(name) if isinstance(graphs, dict) else None
+        if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry):
+            raise PackageError(
+                f"{manifest_path}: graphs.{name} must be an object with 'file' and 'sha256'; "
+                "re-export the model"
+            )
+    levels = manifest["levels"]
+    if not isinstance(levels, list) or not levels or not all(
+        isinstance(lv, dict) and set(lv) == _LEVEL_KEYS for lv in levels
+    ):
+        raise PackageError(
+            f"{manifest_path}: levels must be a non-empty list of objects with keys "
+            f"{sorted(_LEVEL_KEYS)}; re-export the model"
+        )
+
+
 def load_package(path: str | Path, *, check_hashes: bool = True) -> ModelPackage:
     """Open and validate a model package folder.
 
     Raises
     ------
     PackageError
-        Missing folder or manifest, unknown format version, missing keys, missing graph
+        Missing folder or manifest, unknown format version, missing or malformed keys,
+        missing graph
         files, or graph files whose sha256 does not match the manifest (corruption).
     """
     path = Path(path)
@@ -149,11 +173,10 @@ def load_package(path: str | Path, *, check_hashes: bool = True) -> ModelPackage
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise PackageError(f"{manifest_path}: manifest lacks keys {missing}")
+    _check_entries(manifest_path, manifest)
     package = ModelPackage(path=path, manifest=manifest)
     for name in ("encoder", "decoder"):
-        entry = manifest["graphs"].get(name)
-        if not entry:
-            raise PackageError(f"{manifest_path}: no '{name}' graph listed")
+        entry = manifest["graphs"][name]
         graph = path / entry["file"]
         if not graph.is_file():
             raise PackageError(f"{path}: graph file {entry['file']} is missing")

@@ -28,7 +28,7 @@ class RunningMoments:
     --------
     >>> moments = RunningMoments((2, 2), keep=1)
     >>> moments.update(np.ones((3, 2, 2), dtype=np.float32))
-    >>> moments.count, moments.mean()[0, 0], moments.samples.shape
+    >>> moments.count, float(moments.mean()[0, 0]), moments.samples.shape
     (3, 1.0, (1, 2, 2))
     """
 

@@ -149,9 +149,10 @@ class Tiler:
         blend: BlendMode | str = BlendMode.HANN,
         pad_mode: PadMode | str = PadMode.REFLECT,
     ) -> None:
-        self.multiple = _check_size("multiple", multiple, 1, low=1, fix="use e.g. 64 (= 2**levels)")
-        fix = f"use a multiple of {self.multiple} such as {4 * self.multiple}"
-        self.tile_size = _check_size("tile_size", tile_size, self.multiple, low=self.multiple, fix=fix)
+        self.multiple = _check_size("multiple", multiple, 1, low=1, fix="use e.g. 64 = 2**levels")
+        m = self.multiple
+        fix = f"use a multiple of {m} such as {4 * m}"
+        self.tile_size = _check_size("tile_size", tile_size, m, low=m, fix=fix)
         self.overlap = _check_size(
             "overlap", overlap, self.multiple, low=0, fix=f"use 0, {self.multiple}, ..."
         )
@@ -310,7 +311,9 @@ class TileMerger:
         expected = (tile.height, tile.width)
         for name, arr in (("mean_tile", mean_tile), ("second_moment_tile", second_moment_tile)):
             if np.shape(arr) != expected:
-                raise InputError(f"{name} has shape {np.shape(arr)}, expected {expected} for {tile}")
+                raise InputError(
+                    f"{name} has shape {np.shape(arr)}, expected {expected} for {tile}"
+                )
         win = self.window(tile)
         region = tile.slices
         self._sum1[region] += win * mean_tile

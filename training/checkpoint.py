@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hdn_deploy.errors import PackageError
+from hdn_deploy.io import create_temp_beside
 
 from .config import ModelConfig
 from .data import Normalization
@@ -77,8 +77,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "training_state": ckpt.training_state,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(create_temp_beside(path))  # mode 0666 less umask, unlike mkstemp's 0600
     try:
         save_file(tensors, tmp, metadata={"hdn": json.dumps(header)})
         os.replace(tmp, path)

@@ -131,8 +131,8 @@ class LadderVAE(nn.Module):
         for i in reversed(range(self.config.n_levels)):
             level = self.top_down_levels[i]
             uncond = i in self.config.uncond_levels
-            bu_i = bu[i]
-            if bu_i.shape[0] != n:
+            bu_i = bu[i]  # None for uncond levels when only sampled levels are given (export)
+            if bu_i is not None and bu_i.shape[0] != n:
                 bu_i = bu_i.expand(n, -1, -1, -1)
             mu_q, lv_q = level.stochastic.posterior(level.q_input(td, bu_i, uncond))
             e = eps[i]

@@ -345,8 +345,9 @@ class GMMNoiseModel:
         neither of which changes the file layout or the likelihood:
 
         - the weights start from a moment fit (variance linear in the signal, regressed
-          on the squared residuals; components spread by factors ~0.7-1.4; small random
-          mean offsets and mixture weights), so few iterations suffice;
+          on the squared residuals; the components' variances spread by factors
+          ~0.7-1.4 around it; small random mean offsets and mixture weights), so few
+          iterations suffice;
         - the mean coefficients are optimised in units of the RMS noise, so the learning
           rate means the same for 8-bit, 16-bit and float data.
 
@@ -390,13 +391,14 @@ class GMMNoiseModel:
                 "signal pairs that span a range of intensities"
             )
         rng = np.random.default_rng(seed)
-        mean_sq = float(np.mean((x.astype(np.float64) - s) ** 2))
+        take = rng.choice(s.size, size=min(s.size, 1_000_000), replace=False)
+        mean_sq = float(np.mean((x[take].astype(np.float64) - s[take]) ** 2))
         if min_sigma is None:
             min_sigma = max(MIN_SIGMA_FRACTION * mean_sq, np.finfo(np.float32).tiny)
         if not (math.isfinite(min_sigma) and min_sigma >= 0):
             raise ConfigError(f"min_sigma must be a non-negative number, got {min_sigma!r}")
         init = _initial_weight(
-            s, x, n_gaussian=int(n_gaussian), n_coeff=int(n_coeff), min_signal=lo,
+            s[take], x[take], n_gaussian=int(n_gaussian), n_coeff=int(n_coeff), min_signal=lo,
             max_signal=hi, min_sigma=float(min_sigma), rng=rng,
         )
         model = cls(init, min_signal=lo, max_signal=hi, min_sigma=float(min_sigma))
@@ -429,9 +431,8 @@ def _initial_weight(s: np.ndarray, x: np.ndarray, *, n_gaussian: int, n_coeff: i
                     min_signal: float, max_signal: float, min_sigma: float,
                     rng: np.random.Generator) -> np.ndarray:
     """Start values: variance linear in t from a least-squares fit to (x - s)^2."""
-    take = rng.choice(s.size, size=min(s.size, 1_000_000), replace=False)
-    t = (s[take].astype(np.float64) - min_signal) / (max_signal - min_signal)
-    r2 = (x[take].astype(np.float64) - s[take]) ** 2
+    t = (s.astype(np.float64) - min_signal) / (max_signal - min_signal)
+    r2 = (x.astype(np.float64) - s) ** 2
     total = max(float(r2.mean()), min_sigma, np.finfo(np.float32).tiny)
     slope, intercept = 0.0, total
     if n_coeff >= 2 and np.ptp(t) > 0:
@@ -442,7 +443,8 @@ def _initial_weight(s: np.ndarray, x: np.ndarray, *, n_gaussian: int, n_coeff: i
     if n_coeff >= 2:
         var_coeffs[1] = math.log(max(slope, small))
     weight = np.zeros((3 * n_gaussian, n_coeff))
-    spread = np.linspace(-0.35, 0.35, n_gaussian) if n_gaussian > 1 else np.zeros(1)
+    spread = np.linspace(-0.35, 0.35, n_gaussian)  # log factors, mean factor 1
+    spread -= math.log(np.exp(spread).mean())
     for k in range(n_gaussian):
         weight[k, 0] = rng.normal(0.0, 0.1) * math.sqrt(total)
         weight[n_gaussian + k] = var_coeffs + spread[k]

@@ -31,19 +31,24 @@ def _checked(array: np.ndarray, source: str, what: str) -> np.ndarray:
 
 
 def calibration_pairs(
-    stack: np.ndarray, *, source: str = "calibration stack"
+    stack: np.ndarray, *, unbiased: bool = True, source: str = "calibration stack"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs from repeated frames of a static sample.
 
     The signal of each pixel is its mean over the frames; every frame is one observation
-    of it. With N frames the pairs' residual variance is (1 - 1/N) times the true noise
-    variance (the mean includes the frame itself): about 1 % low for the usual ~100
-    frames.
+    of it. Because the mean includes the frame itself, the residual x - mean has only
+    (1 - 1/N) times the noise variance with N frames (10 % low for 10 frames, 1 % for
+    100). With ``unbiased=True`` (default) each observation is therefore reported as
+    ``mean + (x - mean) * sqrt(N / (N - 1))``, which makes the residual variance
+    unbiased at every signal level (Bessel's correction); ``unbiased=False`` gives the
+    raw frames, as the reference tools do.
 
     Parameters
     ----------
     stack
         Array of shape (frames, Y, X) with frames >= 2.
+    unbiased
+        Apply the residual scaling described above.
     source
         Name used in error messages (e.g. the file name).
 
@@ -68,9 +73,14 @@ def calibration_pairs(
             f"{source}: a calibration stack needs at least 2 frames (ideally ~100), got "
             f"{stack.shape[0]}"
         )
-    signal = stack.mean(axis=0, dtype=np.float64).astype(np.float32)
-    signal = np.broadcast_to(signal, stack.shape).reshape(-1).copy()
+    mean = stack.mean(axis=0, dtype=np.float64).astype(np.float32)
+    signal = np.broadcast_to(mean, stack.shape).reshape(-1).copy()
     observation = stack.astype(np.float32).reshape(-1)
+    if unbiased:
+        frames = stack.shape[0]
+        observation -= signal
+        observation *= np.float32(np.sqrt(frames / (frames - 1)))
+        observation += signal
     return signal, observation
 
 

@@ -297,7 +297,7 @@ class TrainingRun:
                         sums[key] += float(losses[key].detach())
                     level_sums += losses["kl_levels"].detach().numpy()
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(losses['loss']):.4f}",
+                    bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
                                     recon=f"{float(losses['recon']):.4f}",
                                     kl=f"{float(losses['kl_raw']):.4f}")
                 sums.update({f"kl_level_{i}": v for i, v in enumerate(level_sums)})

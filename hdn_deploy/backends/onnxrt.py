@@ -10,6 +10,10 @@ device : "cpu" | "cuda" | "tensorrt"
 threads : int | None
     intra-op threads (None: onnxruntime's default, all physical cores).
 graph_optimization : "disable" | "basic" | "extended" | "all"
+spin : bool
+    Let onnxruntime's worker threads busy-wait between ops (default False). Spinning
+    shaves a little latency on an otherwise idle machine but wastes a core and slows
+    everything down badly on shared or oversubscribed machines.
 trt_fp16, trt_cache_dir : TensorRT provider options (engine cache on disk).
 """
 from __future__ import annotations
@@ -43,6 +47,7 @@ class OnnxRuntimeBackend(Backend):
         device: str = "cpu",
         threads: int | None = None,
         graph_optimization: str = "all",
+        spin: bool = False,
         trt_fp16: bool = False,
         trt_cache_dir: str | Path | None = None,
     ):
@@ -74,6 +79,8 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.spin = spin
         try:
             self._encoder = ort.InferenceSession(str(package.encoder_path), options, providers=providers)
             self._decoder = ort.InferenceSession(str(package.decoder_path), options, providers=providers)
@@ -113,4 +120,5 @@ class OnnxRuntimeBackend(Backend):
             "onnxruntime_version": self._ort.__version__,
             "threads": self.threads,
             "graph_optimization": self.graph_optimization,
+            "spin": self.spin,
         }

@@ -71,10 +71,11 @@ def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_si
     written atomically; a rerun skips files whose outputs are complete with the same settings.
     """
     from ..denoiser import DEFAULT_BATCH, Denoiser
-    from ..io import cast_to_dtype, expand_inputs, read_image, write_tiff_atomic
+    from ..io import _writable_folder, cast_to_dtype, expand_inputs, read_image, write_tiff_atomic
 
     paths = expand_inputs(inputs)
     den = Denoiser(model, backend=backend, threads=threads)
+    _writable_folder(out_dir)  # fail before the first image is computed, not after
     settings = _settings(opts, den.package.model_hash)
     skipped = written = 0
     files_bar = tqdm(paths, unit="file", disable=quiet or len(paths) < 2, desc="files")

@@ -22,8 +22,8 @@ from .main import handle_errors, main
 @handle_errors
 def export_command(checkpoint, output, tile, overlap, opset, description, no_verify, overwrite):
     """Export CHECKPOINT (a training run's best.safetensors) to a model package."""
-    require("torch", purpose="`hdn-deploy export`")
-    require("onnx", purpose="`hdn-deploy export`")
+    require("torch", purpose="`hdn-deploy export`", extra="export")
+    require("onnx", purpose="`hdn-deploy export`", extra="export")
     from ..export import package_from_checkpoint
     from ..package import load_package
 

@@ -23,11 +23,13 @@ _SUFFIXES = {"gmm": (".npz",), "histogram": (".npz", ".npy")}
 def _fit_options(func: Callable) -> Callable:
     """Options shared by `calibrate` and `bootstrap` (one-to-one with library keywords)."""
     options = [
-        click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+        click.option("-o", "--output", required=True,
+                     type=click.Path(dir_okay=False, path_type=Path),
                      help="Model file to write (.npz; .npy also for --kind histogram). "
                           "A plot of the fit goes to <stem>.png beside it."),
         click.option("--kind", type=click.Choice(_KINDS), default="gmm", show_default=True,
-                     help="gmm: Gaussian mixture (DivNoising/PPN2V layout); histogram: 2D histogram."),
+                     help="gmm: Gaussian mixture (DivNoising/PPN2V layout); "
+                          "histogram: 2D histogram."),
         click.option("--n-gaussian", type=click.IntRange(min=1), default=3, show_default=True,
                      help="GMM: mixture components."),
         click.option("--n-coeff", type=click.IntRange(min=1), default=2, show_default=True,
@@ -44,7 +46,10 @@ def _fit_options(func: Callable) -> Callable:
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the GMM initialisation and shuffling."),
         click.option("--device", default="auto", show_default=True,
-                     help="Torch device for the GMM fit: auto (cuda if available), cpu, cuda, cuda:1..."),
+                     help="Torch device for the GMM fit: auto (cuda if available), cpu, "
+                          "cuda, cuda:1..."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for torch (default: torch's choice)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -64,7 +69,8 @@ def noise_model() -> None:
 def calibrate(stack: Path, **options: Any) -> None:
     """Fit from STACK.tif: a static sample imaged many times (frames, Y, X).
 
-    The signal is the mean over frames; every frame is an observation of it.
+    The signal is the mean over frames; every frame is an observation of it (its
+    residual scaled by sqrt(N/(N-1)) so that the noise variance is not underestimated).
     """
     _check_output(options["output"], options["kind"], inputs=[stack])
     data = read_image(stack).array
@@ -127,17 +133,23 @@ def _torch_device(name: str):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise InputError(f"unknown torch device '{name}': {exc}; use auto, cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available to torch; use cpu or auto")
+    return device
 
 
 def _fit_and_write(signal: np.ndarray, observation: np.ndarray, *, output: Path, kind: str,
                    n_gaussian: int, n_coeff: int, iterations: int, batch_size: int,
                    min_sigma: float | None, bins: int, seed: int, device: str,
-                   quiet: bool) -> None:
+                   threads: int | None, quiet: bool) -> None:
     from ..training.noise_models import GMMNoiseModel, HistogramNoiseModel
     from ..training.noise_plot import plot_noise_model_fit
+
+    if threads is not None:
+        require("torch", purpose="`hdn-deploy noise-model`").set_num_threads(threads)
 
     if kind == "gmm":
         model = GMMNoiseModel.fit(

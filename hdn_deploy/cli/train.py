@@ -18,7 +18,7 @@ _MODEL_FLAGS = {
     "gated": "gated",
 }
 _TRAIN_FLAGS = {
-    "batch_size": "batch_size", "lr": "lr", "max_steps": "max_steps", "max_epochs": "max_epochs",
+    "batch_size": "batch_size", "lr": "lr", "lr_patience": "lr_patience", "max_steps": "max_steps", "max_epochs": "max_epochs",
     "steps_per_epoch": "steps_per_epoch", "val_fraction": "val_fraction", "val_patches": "val_patches",
     "early_stop_patience": "early_stop_patience", "kl_warmup_steps": "kl_warmup_steps",
     "seed": "seed", "threads": "num_threads",
@@ -112,6 +112,7 @@ def _noise_model(settings: dict[str, Any]):
 @click.option("--patch-size", type=int, help="Training patch size (default 64).")
 @click.option("--batch-size", type=int, help="Patches per step (default 64).")
 @click.option("--lr", type=float, help="Adamax learning rate (default 3e-4).")
+@click.option("--lr-patience", type=int, help="Epochs without improvement before halving the LR (default 10).")
 @click.option("--max-steps", type=int, help="Stop after this many steps.")
 @click.option("--max-epochs", type=int, help="Stop after this many epochs (default 100).")
 @click.option("--steps-per-epoch", type=int, help="Steps between validations (default 200).")
