@@ -13,8 +13,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# The runtime only: numpy, onnxruntime, tifffile, click, tqdm, Pillow. No torch.
 $(VENV)/.runtime-installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[cpu,demo]'
+	$(BIN)/python -m pip install -q -e '.[demo]'
 	touch $@
 
 $(VENV)/.dev-installed: $(BIN)/python pyproject.toml
@@ -27,6 +28,14 @@ install-dev: $(VENV)/.dev-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+DEMO_ARGS ?=
+demo: $(VENV)/.runtime-installed
+	$(BIN)/hdn-deploy demo -o demo_output $(DEMO_ARGS)
+
+# Re-run the whole recipe of the bundled model: data -> noise model -> training -> package.
+default-model: $(VENV)/.dev-installed
+	$(BIN)/python -m hdn_deploy.training.default_model --fresh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

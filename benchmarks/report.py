@@ -147,6 +147,8 @@ def markdown_report(r: dict[str, Any]) -> str:
              f"Machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs, {m['platform']}; "
              f"load average at start {m['load_average']}, at end {r.get('load_average_end')}. "
              f"Versions: {m['versions']}. Suite time {_f(r.get('suite_seconds'), 4)} s.", ""]
+    if r.get("warning"):
+        lines += [f"**Warning: {r['warning']}.**", ""]
     lines += _headline(r) + [""] + _quality(r["quality"]) + [""] + _tuning(r["tuning"])
     lines += [""] + _cold(r) + ["", "## Notes", "",
               f"- same weights: checkpoint and package hashes match: {same['hashes_match']}; the "

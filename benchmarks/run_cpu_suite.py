@@ -354,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine_info(), "settings": vars(args).copy()}
+    load, cpus = results["machine"]["load_average"], results["machine"]["cpus_usable"]
+    if load and cpus and load[0] > 0.5 * cpus:
+        results["warning"] = (
+            f"load average {load[0]:.1f} on {cpus} CPUs at the start: other processes compete "
+            "for the cores; multi-threaded timings (torch's OpenMP in particular) can be many "
+            "times slower and noisier than on an idle machine")
+        log("WARNING: " + results["warning"])
     package = load_package(args.model)
     if args.size % package.spatial_multiple or args.crop % package.spatial_multiple:
         raise SystemExit(f"--size and --crop must be multiples of {package.spatial_multiple}")
@@ -376,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
                                        batch_size=batch, tile=args.crop, overlap=0,
                                        tolerance_db=args.tolerance_db, progress=log)
     results["time_to_quality"] = time_to_quality(results["quality"], results["speed"])
-    results["load_average_end"] = machine_info()["load_average"]
+    end = machine_info()
+    results["machine"]["versions"].update(end["versions"])  # modules imported meanwhile
+    results["load_average_end"] = end["load_average"]
     results["suite_seconds"] = time.perf_counter() - started
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable))
     (args.out / "results.md").write_text(markdown_report(results))

@@ -154,7 +154,18 @@ def synthetic_image(size: int, *, mean: float, std: float, seed: int = 0) -> np.
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB), from ``getrusage``."""
+    """Peak resident memory of this process so far (MB).
+
+    ``VmHWM`` of ``/proc/self/status`` where there is one (Linux; it restarts at exec),
+    else ``getrusage``'s ``ru_maxrss``. On Linux the latter is inherited at fork, so a
+    child of a large process would report its parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs kB
 

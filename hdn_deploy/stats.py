@@ -13,9 +13,10 @@ __all__ = ["RunningMoments"]
 class RunningMoments:
     """Running mean and variance of samples arriving in batches.
 
-    Uses Chan et al.'s pairwise update of (count, mean, sum of squared deviations)
-    in float64, which stays accurate when the mean is large compared with the
-    spread (raw microscope intensities), unlike a plain sum of squares.
+    Uses Welford's update of (count, mean, sum of squared deviations) in float64,
+    which stays accurate when the mean is large compared with the spread (raw
+    microscope intensities), unlike a plain sum of squares. Samples are added one
+    at a time, so the results do not depend on how they are batched, bit for bit.
 
     Parameters
     ----------
@@ -73,14 +74,16 @@ class RunningMoments:
         if take > 0:
             self._kept[self._n_kept : self._n_kept + take] = batch[:take]
             self._n_kept += take
-        batch_mean = batch.mean(axis=0, dtype=np.float64)
-        dev = batch - batch_mean  # float64
-        batch_m2 = np.einsum("i...,i...->...", dev, dev)
-        total = self._count + n
-        delta = batch_mean - self._mean
-        self._mean += delta * (n / total)
-        self._m2 += batch_m2 + delta * delta * (self._count * n / total)
-        self._count = total
+        delta = np.empty(self.shape, dtype=np.float64)
+        scratch = np.empty(self.shape, dtype=np.float64)
+        for sample in batch:  # one at a time: batching must not change a single bit
+            self._count += 1
+            np.subtract(sample, self._mean, out=delta)
+            np.divide(delta, self._count, out=scratch)
+            self._mean += scratch
+            np.subtract(sample, self._mean, out=scratch)
+            scratch *= delta
+            self._m2 += scratch
 
     def _require_samples(self) -> None:
         if self._count == 0:

@@ -293,13 +293,13 @@ class TrainingRun:
                 while n < self.cfg.steps_per_epoch and self.step < total:
                     losses = self.train_step()
                     n += 1
-                    for key in sums:
-                        sums[key] += float(losses[key].detach())
+                    values = {key: float(losses[key].detach()) for key in sums}
+                    for key, value in values.items():
+                        sums[key] += value
                     level_sums += losses["kl_levels"].detach().numpy()
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
-                                    recon=f"{float(losses['recon']):.4f}",
-                                    kl=f"{float(losses['kl_raw']):.4f}")
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", recon=f"{values['recon']:.4f}",
+                                    kl=f"{values['kl_raw']:.4f}")
                 sums.update({f"kl_level_{i}": v for i, v in enumerate(level_sums)})
                 stopped_early = self.end_epoch(sums, n, time.perf_counter() - start)
         finally:

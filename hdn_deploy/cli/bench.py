@@ -110,7 +110,9 @@ def bench(model, checkpoint, size, samples, repeats, batch_size, threads, tile, 
             report["ratios"][name] = ref["seconds_per_sample"]["median"] / ours
         report["same_weights"] = (report["reference"]["grad"]["weights_sha256"]
                                   == report["runtime"]["model"]["weights_sha256"])
-    report["load_average_end"] = machine_info()["load_average"]
+    end = machine_info()
+    report["machine"]["versions"].update(end["versions"])  # modules imported meanwhile
+    report["load_average_end"] = end["load_average"]
     click.echo(markdown_table(report))
     if checkpoint and not report["same_weights"]:
         click.echo("warning: the checkpoint is not the one MODEL was exported from", err=True)

@@ -1,0 +1,1 @@
+"""Benchmark scripts of hdn-deploy (not installed; run from a source checkout)."""
