@@ -8,7 +8,6 @@ randomness (seeded, see ``hdn_deploy.latents``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import warnings
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from hdn_deploy._version import __version__
-from hdn_deploy.errors import PackageError
+from hdn_deploy.errors import ConfigError, PackageError
 from hdn_deploy.io import create_temp_beside
 from hdn_deploy.package import (
     DECODER_FILE,
@@ -177,6 +176,12 @@ def package_from_checkpoint(
     multiple = cfg.spatial_multiple
     tile = tile_size or max(4 * cfg.patch_size, multiple)
     ovl = overlap if overlap is not None else max(cfg.patch_size, multiple)
+    if tile < multiple or tile % multiple or ovl % multiple or not 0 <= ovl < tile:
+        raise ConfigError(
+            f"recommended tile {tile} / overlap {ovl} do not fit this model: both must be "
+            f"multiples of {multiple} (2**levels) with 0 <= overlap < tile; e.g. "
+            f"--tile {4 * multiple} --overlap {multiple}"
+        )
     levels = conditioned_levels(model)
     size = max(cfg.patch_size, multiple)
     example = _verification_image(size, 0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,14 @@ def _check_entries(manifest_path: Path, manifest: dict[str, Any]) -> None:
                 f"{manifest_path}: graphs.{name} must be an object with 'file' and 'sha256'; "
                 "re-export the model"
             )
+    norm = manifest["normalization"]
+    values = [norm.get(k) for k in ("mean", "std")] if isinstance(norm, dict) else [None]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values) or not values[1] > 0:
+        raise PackageError(
+            f"{manifest_path}: normalization must hold a finite 'mean' and a 'std' > 0, got "
+            f"{norm!r}; re-export the model"
+        )
     levels = manifest["levels"]
     if not isinstance(levels, list) or not levels or not all(
         isinstance(lv, dict) and set(lv) == _LEVEL_KEYS for lv in levels

@@ -77,9 +77,11 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "training_state": ckpt.training_state,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(create_temp_beside(path))  # mode 0666 less umask, unlike mkstemp's 0600
+    tmp = create_temp_beside(path)
+    mode = tmp.stat().st_mode & 0o777  # 0666 less the umask, as for any new file
     try:
-        save_file(tensors, tmp, metadata={"hdn": json.dumps(header)})
+        save_file(tensors, str(tmp), metadata={"hdn": json.dumps(header)})
+        os.chmod(tmp, mode)  # safetensors creates its files with mode 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

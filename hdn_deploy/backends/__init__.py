@@ -6,6 +6,7 @@ plug in here under the name ``tensorrt``, implementing the same two-call contrac
 """
 from __future__ import annotations
 
+from .._optional import require
 from ..errors import ConfigError
 from ..package import ModelPackage
 from .base import Backend
@@ -18,8 +19,7 @@ def create_backend(name: str, package: ModelPackage, *, threads: int | None = No
     from .onnxrt import OnnxRuntimeBackend
 
     if name == "auto":
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", purpose="the onnxruntime backend")
         name = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     device = {"cpu": "cpu", "cuda": "cuda", "ort-tensorrt": "tensorrt"}.get(name)
     if device is None:

@@ -58,7 +58,8 @@ def test_denoise_writes_outputs_with_metadata(tiny_package, tif, tmp_path, image
     assert res.exit_code == 0, res.output
     assert "denoised 1 file(s), skipped 0" in res.output
     assert _sha(tif) == before
-    assert sorted(p.name for p in out.iterdir()) == ["img_mmse.tif", "img_samples.tif", "img_std.tif"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["img_mmse.tif", "img_samples.tif", "img_std.tif"]
     mmse, std, samples = (tifffile.imread(out / f"img_{k}.tif") for k in ("mmse", "std", "samples"))
     assert mmse.shape == std.shape == image.shape and samples.shape == (2, *image.shape)
     assert mmse.dtype == std.dtype == samples.dtype == np.float32
@@ -207,11 +208,12 @@ def test_output_folder_below_a_file(tiny_package, tif, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "in"]
 
 
-def test_missing_input_and_model(tiny_package, tmp_path):
+def test_missing_input_and_model(tiny_package, tif, tmp_path):
     res = _denoise(tiny_package, tmp_path / "nope.tif", tmp_path / "out")
     assert res.exit_code == 2 and "nope.tif" in res.output and "does not exist" in res.output
-    res = _denoise(tmp_path / "no_model", tmp_path, tmp_path / "out")
-    assert res.exit_code == 2
+    res = _denoise(tmp_path / "no_model", tif, tmp_path / "out")
+    assert res.exit_code == 2 and "no_model" in res.output and "not found" in res.output
+    assert not (tmp_path / "out").exists()
 
 
 # -- export ----------------------------------------------------------------------------
@@ -228,6 +230,17 @@ def test_export_cli(tiny_run, tmp_path):
     assert package.recommended_tile == 64 and package.manifest["noise_description"] == "test"
     res = CliRunner().invoke(main, ["export", str(tiny_run / "best.safetensors"), "-o", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+@pytest.mark.parametrize("tiling", [["--tile", "60"], ["--tile", "64", "--overlap", "64"],
+                                    ["--overlap", "12"]])
+def test_export_rejects_tiling_the_model_cannot_use(tiny_run, tmp_path, tiling):
+    pytest.importorskip("torch")
+    out = tmp_path / "pkg"
+    res = CliRunner().invoke(main, ["export", str(tiny_run / "best.safetensors"), "-o", str(out),
+                                    *tiling])
+    assert res.exit_code == 2 and "multiples of 8" in res.output, res.output
+    assert not out.exists() and not list(tmp_path.iterdir())
 
 
 def _checkpoint_with_version(source: Path, target: Path, version: int) -> Path:
@@ -261,3 +274,4 @@ def test_export_bad_checkpoint(tiny_run, tmp_path, kind, message):
     assert res.output.startswith("Error: ") and message in res.output and str(ckpt) in res.output
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+

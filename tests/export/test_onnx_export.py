@@ -81,9 +81,11 @@ def test_package_layout_and_manifest(tiny_package, tiny_run):
     assert diff is not None and 0 <= diff <= 1e-4
 
 
-def test_package_permissions_follow_umask(tiny_package):
+def test_files_follow_umask(tiny_package, tiny_run):
+    """Atomic writes go through temporary files; the results must not stay 0600/0700."""
     mask = _umask()
     assert (tiny_package.stat().st_mode & 0o777) == 0o777 & ~mask
+    assert ((tiny_run / "best.safetensors").stat().st_mode & 0o777) == 0o666 & ~mask
     for name in (MANIFEST_FILE, ENCODER_FILE, DECODER_FILE):
         assert ((tiny_package / name).stat().st_mode & 0o777) == 0o666 & ~mask
 
@@ -93,7 +95,8 @@ def test_onnx_matches_pytorch_on_non_square_input_and_other_batch(tiny_package, 
     model = load_checkpoint(tiny_run / "best.safetensors").build_model()
     rng = np.random.default_rng(7)
     image = rng.standard_normal((1, 1, 64, 96), dtype=np.float32)
-    eps = [rng.standard_normal((3, *shape), dtype=np.float32) for shape in model.latent_shapes(64, 96)]
+    eps = [rng.standard_normal((3, *shape), dtype=np.float32)
+           for shape in model.latent_shapes(64, 96)]
     expected = _torch_samples(model, image, eps)
     with create_backend("cpu", load_package(tiny_package), threads=1) as backend:
         features = backend.encode(image)
@@ -111,7 +114,8 @@ def test_graphs_opset_and_no_random_ops(tiny_package):
         ops = {node.op_type for node in _all_nodes(graph.graph)}
         assert not ops & RANDOM_OPS, f"{name} has random ops {ops & RANDOM_OPS}"
     decoder = onnx.load(str(tiny_package / DECODER_FILE))
-    assert [i.name for i in decoder.graph.input] == [f"{k}_{i}" for k in ("bu", "eps") for i in range(3)]
+    names = [f"{kind}_{i}" for kind in ("bu", "eps") for i in range(3)]
+    assert [i.name for i in decoder.graph.input] == names
 
 
 def test_export_refuses_existing_output(tiny_run, tmp_path):

@@ -54,7 +54,8 @@ def test_seed_reproducible_and_different_seeds_differ(den, small):
 
 def test_batch_size_does_not_change_results(den, noisy_image):
     image = noisy_image[:64, :96]  # several tiles of 64 with overlap 16
-    runs = [den.denoise(image, n_samples=7, seed=5, batch_size=b, keep_samples=2) for b in (1, 3, 7)]
+    runs = [den.denoise(image, n_samples=7, seed=5, batch_size=b, keep_samples=2)
+            for b in (1, 3, 7)]
     for other in runs[1:]:
         assert np.array_equal(runs[0].mmse, other.mmse)
         assert np.array_equal(runs[0].std, other.std)
@@ -66,7 +67,8 @@ def test_keep_samples_does_not_change_estimates(den, small):
     kept = den.denoise(small, n_samples=4, seed=2, keep_samples=3)
     assert _identical(plain, kept)
     assert kept.samples.shape == (3, *small.shape) and kept.samples.dtype == np.float32
-    assert den.denoise(small, n_samples=2, seed=2, keep_samples=5).samples.shape == (2, *small.shape)
+    fewer = den.denoise(small, n_samples=2, seed=2, keep_samples=5)
+    assert fewer.samples.shape == (2, *small.shape)
 
 
 @pytest.mark.parametrize("overlap, max_ratio", [(16, 0.25), (32, 0.15)])
@@ -101,8 +103,9 @@ def _border_interior_ratio(mmse: np.ndarray, tiler: Tiler) -> float:
 
 
 def test_hann_blend_leaves_no_seams(den, noisy_image):
-    """Measured (tiny model, 160x160, tile 64, overlap 16, seeds 0-2, 4 or 16 samples):
-    constant blend 1.43-1.49, hann 0.98-1.01, whole image (no tiles) 1.00."""
+    """Measured (tiny model, 160x160, tile 64, overlap 16, seeds 0-2, 8 samples): constant
+    blend 1.46-1.48, hann 0.98-1.01, whole image (one tile) 0.98: hann is as smooth as no
+    tiling at all."""
     ratios = {}
     for blend in ("constant", "hann"):
         res = den.denoise(noisy_image, n_samples=8, seed=0, tile=64, overlap=16, blend=blend)
@@ -227,5 +230,6 @@ def test_metadata(den, small, tiny_package):
     for key in ("hdn_deploy_version", "numpy_version", "python_version"):
         assert meta[key]
     assert meta["backend"]["name"] == "onnxruntime" and meta["backend"]["onnxruntime_version"]
-    assert (meta["tile"], meta["overlap"], meta["blend"], meta["sampling"]) == (64, 16, "hann", "mc")
+    assert (meta["tile"], meta["overlap"]) == (64, 16)
+    assert (meta["blend"], meta["sampling"]) == ("hann", "mc")
     assert meta["shape"] == list(small.shape)

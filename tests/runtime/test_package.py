@@ -80,6 +80,9 @@ def test_missing_key(package_copy):
     (lambda m: m.update(graphs=[]), "graphs.encoder"),
     (lambda m: m["levels"][0].update(extra=1), "levels"),
     (lambda m: m.update(levels=[]), "levels"),
+    (lambda m: m["normalization"].update(std=0), "normalization"),
+    (lambda m: m["normalization"].pop("mean"), "normalization"),
+    (lambda m: m.update(normalization="z-score"), "normalization"),
 ])
 def test_malformed_entries(package_copy, edit, what):
     _edit_manifest(package_copy, edit)
