@@ -22,16 +22,6 @@ from hdn_deploy.training.noise_models import (  # noqa: E402
 FAST = ["--iterations", "30", "--batch-size", "4000", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Torch's thread pool stalls badly on a shared, loaded 2-core machine; tiny tensors
-    gain nothing from it anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def images(tmp_path):
     rng = np.random.default_rng(0)

@@ -21,16 +21,6 @@ from hdn_deploy.training.noise_pairs import calibration_pairs  # noqa: E402
 GAIN, READ, FRAMES = 3.0, 8.0, 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Torch's thread pool stalls badly on a shared, loaded 2-core machine; tiny tensors
-    gain nothing from it anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _reference_likelihood(weight, min_signal, max_signal, min_sigma, x, s):
     """Independent float64 loop implementation of the DivNoising/PPN2V GMM likelihood."""
     n = weight.shape[0] // 3
