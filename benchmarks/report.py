@@ -45,8 +45,8 @@ def _headline(r: dict[str, Any]) -> list[str]:
                      _f(row["seconds"]), _f(row["speedup_vs_reference_grad"]) + "x"
                      if row["speedup_vs_reference_grad"] else "n/a"])
     mean = ttq["hdn_deploy_mean_pass"]
-    rows.append([f"hdn-deploy, one pass with eps = 0 ({_f(mean['gap_db'])} dB below the "
-                 f"{q['n_max']}-sample MMSE)", _s(sp["mean"]["seconds"]), "1 pass",
+    rows.append([f"hdn-deploy, one pass with eps = 0 (PSNR gap to the {q['n_max']}-sample "
+                 f"MMSE: {_f(mean['gap_db'])} dB)", _s(sp["mean"]["seconds"]), "1 pass",
                  _f(mean["seconds"]), "-"])
     lines = [f"## Reference vs hdn-deploy at {size} ({r['speed']['threads']} threads)", "",
              f"Seconds per sample: median [min, max] over {sp['repeats']} interleaved repeats. "
@@ -88,7 +88,7 @@ def _quality(q: dict[str, Any]) -> list[str]:
                      f"{q['n_max']} samples took {_s(s['seconds'])} s")
     mp = q.get("mean_pass")
     if mp:
-        parts = [f"{m}: {_f(mp[m]['gap_db'], 3)} dB below its {q['n_max']}-sample MMSE, "
+        parts = [f"{m}: PSNR gap to its {q['n_max']}-sample MMSE {_f(mp[m]['gap_db'], 3)} dB, "
                  f"PSNR vs that MMSE {_f(mp[m]['psnr_vs_mmse_n_max'], 4)} dB, worth "
                  f"{_f(mp[m]['equivalent_samples'])} samples" for m in modes if m in mp]
         lines.append(f"- one pass with eps = 0 (sampling='mean'): {_f(mp['psnr_vs_clean'], 5)} dB "
@@ -114,7 +114,8 @@ def _tuning(t: dict[str, Any]) -> list[str]:
         if "error" in entry:
             lines.append(f"- int8 {method}: not possible here: {entry['error'][:300]}")
         elif "loss_db" in entry:
-            verdict = "worth it" if entry["accepted"] else "not worth it"
+            verdict = ("worth it" if entry["accepted"]
+                       else "not worth it (needs <= 0.1 dB loss and >= 1.1x speed)")
             lines.append(
                 f"- int8 {method} (decoder): {entry['speedup']:.2f}x speed, MMSE "
                 f"{_f(entry['int8_psnr'], 5)} vs {_f(entry['float_psnr'], 5)} dB float "
@@ -126,9 +127,6 @@ def _tuning(t: dict[str, Any]) -> list[str]:
 def _cold(r: dict[str, Any]) -> list[str]:
     rows = []
     for name, entry in r["cold_start"].items():
-        if "error" in entry:
-            rows.append([name, "error", "-", "-"])
-            continue
         cs = entry.get("cold_start_s", {})
         rows.append([name, _f(entry["process_wall_s"]),
                      _f(cs.get("total")) if cs else "-", _f(entry["peak_rss_mb"], 4)])
@@ -144,7 +142,9 @@ def markdown_report(r: dict[str, Any]) -> str:
     sp = r["speed"]
     same = sp["same_weights"]
     lines = ["# hdn-deploy CPU benchmark", "",
-             f"Machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs, {m['platform']}; "
+             f"Machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs, {m['platform']}, "
+             f"memory {_f(m.get('memory_mb', {}).get('MemTotal'), 4)} MB total, "
+             f"{_f(m.get('memory_mb', {}).get('MemAvailable'), 4)} MB available; "
              f"load average at start {m['load_average']}, at end {r.get('load_average_end')}. "
              f"Versions: {m['versions']}. Suite time {_f(r.get('suite_seconds'), 4)} s.", ""]
     if r.get("warning"):

@@ -188,6 +188,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _memory_mb() -> dict[str, float]:
+    """MemTotal and MemAvailable from /proc/meminfo (empty elsewhere)."""
+    out = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemAvailable"):
+                out[key] = int(rest.split()[0]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     """Machine, load and library versions (torch only if something imported it already)."""
     versions = {"hdn_deploy": __version__, "numpy": np.__version__,
@@ -207,6 +220,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "memory_mb": _memory_mb(),
         "versions": versions,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
