@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test demo install-runtime install-dev default-model bench clean
+.PHONY: test demo install-runtime install-dev default-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

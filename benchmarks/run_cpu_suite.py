@@ -10,7 +10,7 @@ Steps (all in one run, so every comparison is a ratio of numbers measured togeth
    hdn-deploy (the fastest batch size of step 1; mc and antithetic) vs the reference
    algorithm (PyTorch, a full pass per sample, batch 1, no tiling, with and without
    gradients), interleaved and repeated. Cold start and peak RSS come from fresh
-   processes (``hdn-deploy bench`` and ``benchmarks/reference.py``).
+   processes (``hdn-deploy bench`` and ``python -m hdn_deploy.training.reference``).
 3. Quality on the crop: PSNR of the N-sample MMSE vs the clean image for N up to
    ``--n-max``, mc and antithetic, per seed, plus the single pass with eps = 0.
    Samples needed to come within 0.1 dB of the n_max-sample MMSE, times the measured
@@ -44,7 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quantize import quantized_package  # noqa: E402
-from benchmarks.reference import ReferencePredictor  # noqa: E402
+from hdn_deploy.training.reference import ReferencePredictor  # noqa: E402
 from benchmarks.report import markdown_report, plot_quality_vs_time  # noqa: E402
 from hdn_deploy.benchmark import (  # noqa: E402
     encoder_reuse,
@@ -310,7 +310,7 @@ def cold_start(args, workdir: Path, batch_size: int) -> dict[str, Any]:
     jobs = [("runtime", cmd, runtime_json)]
     for name, flag in (("reference_grad", []), ("reference_no_grad", ["--no-grad"])):
         path = workdir / f"cold_{name}.json"
-        jobs.append((name, [sys.executable, str(REPO / "benchmarks" / "reference.py"),
+        jobs.append((name, [sys.executable, "-m", "hdn_deploy.training.reference",
                             str(args.checkpoint), "--size", str(args.size), "--repeats", "1",
                             "--threads", str(args.threads), "-o", str(path), *flag], path))
     for name, command, path in jobs:

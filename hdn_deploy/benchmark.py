@@ -27,6 +27,7 @@ from ._version import __version__
 from .denoiser import Denoiser
 from .errors import ConfigError, InputError
 from .latents import LatentSampler, SamplingMode
+from .metrics import psnr
 from .package import load_package
 from .tiling import Tiler
 
@@ -51,32 +52,6 @@ DEFAULT_TOLERANCE_DB = 0.1
 
 
 # --------------------------------------------------------------------------- statistics
-def psnr(estimate: np.ndarray, reference: np.ndarray, *, data_range: float | None = None) -> float:
-    """PSNR in dB: ``20 log10(range) - 10 log10(MSE)``.
-
-    Parameters
-    ----------
-    estimate, reference : numpy.ndarray
-        Same shape.
-    data_range : float, optional
-        Default: ``max - min`` of ``reference``.
-
-    Returns
-    -------
-    float
-        ``inf`` when the images are identical.
-    """
-    estimate = np.asarray(estimate, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    if estimate.shape != reference.shape:
-        raise InputError(f"psnr needs equal shapes, got {estimate.shape} and {reference.shape}")
-    rng = float(reference.max() - reference.min()) if data_range is None else float(data_range)
-    mse = float(np.mean((estimate - reference) ** 2))
-    if mse == 0.0:
-        return float("inf")
-    return float(20.0 * np.log10(rng) - 10.0 * np.log10(mse))
-
-
 def summarize(values: Iterable[float]) -> dict[str, Any]:
     """Median and spread of repeated measurements.
 

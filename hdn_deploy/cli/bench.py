@@ -1,7 +1,6 @@
 """`hdn-deploy bench`: runtime speed and memory of a model package, optionally vs PyTorch."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -11,24 +10,14 @@ import click
 from ..latents import SamplingMode
 from .main import handle_errors, main
 
-_REFERENCE_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "reference.py"
-
-
 def load_reference_module():
-    """``benchmarks/reference.py`` of the source checkout (it needs torch)."""
+    """``hdn_deploy.training.reference`` (the PyTorch reference algorithm; needs torch)."""
     from .._optional import require
-    from ..errors import ConfigError
 
     require("torch", purpose="the PyTorch reference of `hdn-deploy bench --checkpoint`")
-    if not _REFERENCE_FILE.is_file():
-        raise ConfigError(
-            f"{_REFERENCE_FILE} not found: --checkpoint needs a source checkout of hdn-deploy "
-            "(pip install -e .); run without --checkpoint for the runtime numbers only"
-        )
-    spec = importlib.util.spec_from_file_location("hdn_benchmarks_reference", _REFERENCE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from ..training import reference
+
+    return reference
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -202,7 +202,7 @@ def test_cli_bench_bad_model(tmp_path):
 
 
 def test_reference_mean_pass_matches_runtime(den, tiny_run, pair):
-    reference = _load("reference")
+    from hdn_deploy.training import reference
     predictor = reference.ReferencePredictor(tiny_run / "best.safetensors", threads=1)
     noisy = pair[0]
     ours = den.denoise(noisy, sampling="mean", tile=64, overlap=0).mmse

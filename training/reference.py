@@ -9,7 +9,7 @@ built from the same checkpoint the model package was exported from (same weights
 
 Usage as a script (one isolated process, so its peak RSS is its own)::
 
-    python benchmarks/reference.py CHECKPOINT --size 256 --repeats 3 [--no-grad] [-o ref.json]
+    python -m hdn_deploy.training.reference CHECKPOINT --size 256 --repeats 3 [--no-grad] [-o ref.json]
 """
 from __future__ import annotations
 
