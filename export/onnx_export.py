@@ -36,6 +36,7 @@ from ..training.model import LadderVAE
 
 DEFAULT_OPSET = 18
 VERIFY_TOLERANCE = 1e-4
+DEFAULT_POSTERIOR_LOGVAR_MAX = 4.0
 
 
 class EncoderGraph(nn.Module):
@@ -143,6 +144,7 @@ def package_from_checkpoint(
     verify: bool = True,
     overwrite: bool = False,
     description: str | None = None,
+    posterior_logvar_max: float | None = DEFAULT_POSTERIOR_LOGVAR_MAX,
 ) -> Path:
     """Write a model package folder for the runtime from a training checkpoint.
 
@@ -163,6 +165,10 @@ def package_from_checkpoint(
         Replace an existing package folder.
     description
         Free text stored as ``noise_description`` (e.g. the noise the model is for).
+    posterior_logvar_max
+        Upper clamp of the posterior log-variance in the exported graphs (default 4: the
+        prior is N(0, 1), so a posterior std above e**2 only appears when a model is fed
+        inputs far from its training regime). ``None`` keeps the training clamp only.
     """
     if opset < 18:
         raise PackageError(f"opset {opset} is too old; use 18 or newer")
@@ -172,6 +178,8 @@ def package_from_checkpoint(
         raise PackageError(f"{output} exists already; remove it or pass --overwrite")
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build_model()
+    for level in model.top_down_levels:
+        level.stochastic.posterior_logvar_max = posterior_logvar_max
     cfg = model.config
     multiple = cfg.spatial_multiple
     tile = tile_size or max(4 * cfg.patch_size, multiple)
@@ -215,6 +223,7 @@ def package_from_checkpoint(
         manifest = _manifest(ckpt, checkpoint, staging, tile=tile, overlap=ovl, opset=opset,
                              max_abs_diff=diff)
         manifest["noise_description"] = description
+        manifest["posterior_logvar_max"] = posterior_logvar_max
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         if output.exists():
             shutil.rmtree(output)

@@ -97,6 +97,10 @@ class StochasticLevel(nn.Module):
         super().__init__()
         self.is_top = is_top
         self.logvar_clip = logvar_clip
+        # Optional tighter upper bound on the posterior log-variance at inference (export
+        # sets it): a posterior std far above the prior's is a model outside its training
+        # regime (the reference blew up to std ~1e27 on whole images), never a useful draw.
+        self.posterior_logvar_max: float | None = None
         self.conv_in_p = None if is_top else nn.Conv2d(channels, 2 * z_dim, 3, padding=1)
         self.conv_in_q = nn.Conv2d(channels, 2 * z_dim, 3, padding=1)
         self.conv_out = nn.Conv2d(z_dim, channels, 3, padding=1)
@@ -109,7 +113,10 @@ class StochasticLevel(nn.Module):
         return self._split(p_input if self.conv_in_p is None else self.conv_in_p(p_input))
 
     def posterior(self, q_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._split(self.conv_in_q(q_input))
+        mu, logvar = self._split(self.conv_in_q(q_input))
+        if self.posterior_logvar_max is not None:
+            logvar = logvar.clamp(max=self.posterior_logvar_max)
+        return mu, logvar
 
 
 class TopDownLevel(nn.Module):

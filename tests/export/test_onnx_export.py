@@ -63,7 +63,8 @@ def test_package_layout_and_manifest(tiny_package, tiny_run):
     expected_keys = {"format", "format_version", "created", "normalization", "spatial_multiple",
                      "training_patch_size", "recommended_tile", "recommended_overlap",
                      "uncond_levels", "levels", "graphs", "weights_sha256", "likelihood",
-                     "model_config", "provenance", "export", "noise_description"}
+                     "model_config", "provenance", "export", "noise_description",
+                     "posterior_logvar_max"}
     assert set(m) == expected_keys
     assert (m["format"], m["format_version"]) == (FORMAT_NAME, FORMAT_VERSION)
     assert set(m["normalization"]) == {"mean", "std"} and m["normalization"]["std"] > 0
@@ -169,3 +170,25 @@ def test_structured_model_exports_without_level_0_inputs(data_dir, tmp_path):
     result = Denoiser(package, backend="cpu", threads=1).denoise(
         rng.normal(100, 20, (20, 30)), n_samples=2, seed=0)
     assert result.mmse.shape == (20, 30) and np.isfinite(result.mmse).all()
+
+
+def test_posterior_logvar_clamp_keeps_a_blown_up_model_finite(tiny_run, tmp_path):
+    """A posterior log-variance of 15 (std ~1800 in latent units) as the reference saw on
+    oversized inputs: the exported graphs clamp it to posterior_logvar_max."""
+    from hdn_deploy.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_run / "best.safetensors")
+    key = "top_down_levels.2.stochastic.conv_in_q.bias"
+    bias = ckpt.model_state[key].clone()
+    bias[bias.shape[0] // 2:] = 15.0  # the log-variance half
+    ckpt.model_state[key] = bias
+    blown = save_checkpoint(tmp_path / "blown.safetensors", ckpt)
+    spreads = {}
+    for clamp in (None, 4.0):
+        # unclamped, the huge values differ between onnxruntime and torch beyond 1e-4 (absolute)
+        pkg = package_from_checkpoint(blown, tmp_path / f"pkg_{clamp}", posterior_logvar_max=clamp,
+                                      verify=clamp is not None)
+        assert load_package(pkg).manifest["posterior_logvar_max"] == clamp
+        image = np.full((32, 32), 100.0, np.float32)
+        spreads[clamp] = float(Denoiser(pkg, backend="cpu").denoise(image, n_samples=4).std.mean())
+    assert spreads[4.0] < spreads[None] / 5, spreads
