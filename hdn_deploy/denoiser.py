@@ -6,7 +6,6 @@ and merger) -> latent sampler (seeded eps) -> running moments (MMSE and std).
 from __future__ import annotations
 
 import platform
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,18 @@ class DenoiseResult:
     std: np.ndarray
     samples: np.ndarray | None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """Settings and progress counter of one iter_denoise call."""
+
+    n_samples: int
+    batch_size: int
+    keep: int
+    timings: dict[str, float] | None
+    done: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,6 @@ class Denoiser:
         self.backend = (backend if isinstance(backend, Backend)
                         else create_backend(backend, self.package, threads=threads, **backend_options))
         self._levels = [(lv.index, lv.channels) for lv in self.package.sampled_levels]
-        self._lock = threading.Lock()  # guards nothing hot; kept for future stateful backends
 
     # ------------------------------------------------------------------ public
     def denoise(self, image: np.ndarray, **options) -> DenoiseResult:
@@ -153,34 +163,18 @@ class Denoiser:
         keep = min(keep_samples, n_samples)
         plans = [tiler.plan(s.shape) for s in stack]
         total = sum(len(p) for p in plans)
-        done = 0
         mmse = np.empty(stack.shape, np.float32)
         std = np.empty(stack.shape, np.float32)
         kept = np.empty((keep, *stack.shape), np.float32) if keep else None
+        run = _Run(n_samples=n_samples, batch_size=batch_size, keep=keep, timings=timings,
+                   done=0, total=total)
         for z, (frame, plan) in enumerate(zip(stack, plans)):
             sampler = LatentSampler(_slice_seed(seed, z), mode=mode)
-            merger = tiler.merger(plan)
-            kept_sum = np.zeros((keep, *plan.padded_shape)) if keep else None
-            kept_weight = np.zeros(plan.padded_shape) if keep else None
-            normalised = (frame - self.package.mean) / self.package.std
-            for t, patch in tiler.iter_tiles(normalised.astype(np.float32), plan):
-                moments = self._tile_moments(patch, t, sampler, n_samples, batch_size, keep,
-                                             timings)
-                _timed(timings, "merge", merger.add, t, moments.mean(), moments.second_moment())
-                if keep:
-                    window = merger.window(t)
-                    kept_sum[(slice(None), *t.slices)] += window * moments.samples
-                    kept_weight[t.slices] += window
-                done += 1
-                if done < total:
-                    yield Progress(done, total)
-            mean, sd = _timed(timings, "merge", merger.finalize)
+            mean, sd, samples = yield from self._iter_frame(frame, plan, tiler, sampler, run)
             mmse[z] = mean * self.package.std + self.package.mean
             std[z] = sd * self.package.std
             if keep:
-                h, w = plan.image_shape
-                kept[:, z] = (kept_sum[:, :h, :w] / kept_weight[:h, :w] * self.package.std
-                              + self.package.mean)
+                kept[:, z] = samples * self.package.std + self.package.mean
         squeeze = array.ndim == 2
         samples = None if kept is None else (kept[:, 0] if squeeze else kept)
         metadata = self._metadata(seed=seed, n_samples=n_samples, mode=mode, tiler=tiler,
@@ -190,6 +184,31 @@ class Denoiser:
             samples=samples, metadata=metadata))
 
     # ----------------------------------------------------------------- helpers
+    def _iter_frame(self, frame: np.ndarray, plan, tiler: Tiler, sampler: LatentSampler,
+                    run: "_Run"):
+        """Denoise one 2D frame tile by tile (normalised units); yields Progress, returns
+        (mean, std, kept samples or None)."""
+        merger = tiler.merger(plan)
+        kept_sum = np.zeros((run.keep, *plan.padded_shape)) if run.keep else None
+        kept_weight = np.zeros(plan.padded_shape) if run.keep else None
+        normalised = ((frame - self.package.mean) / self.package.std).astype(np.float32)
+        for tile, patch in tiler.iter_tiles(normalised, plan):
+            moments = self._tile_moments(patch, tile, sampler, run.n_samples, run.batch_size,
+                                         run.keep, run.timings)
+            _timed(run.timings, "merge", merger.add, tile, moments.mean(), moments.second_moment())
+            if run.keep:
+                window = merger.window(tile)
+                kept_sum[(slice(None), *tile.slices)] += window * moments.samples
+                kept_weight[tile.slices] += window
+            run.done += 1
+            if run.done < run.total:
+                yield Progress(run.done, run.total)
+        mean, sd = _timed(run.timings, "merge", merger.finalize)
+        if not run.keep:
+            return mean, sd, None
+        h, w = plan.image_shape
+        return mean, sd, kept_sum[:, :h, :w] / kept_weight[:h, :w]
+
     def _check_image(self, image: np.ndarray) -> np.ndarray:
         try:
             array = np.asarray(image)
