@@ -1,8 +1,8 @@
 """Inference backends. ``create_backend(name, package, ...)`` picks one by name.
 
 Names: ``cpu`` / ``cuda`` / ``ort-tensorrt`` (onnxruntime with that execution provider),
-``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU). A native TensorRT backend will
-plug in here under the name ``tensorrt``, implementing the same two-call contract.
+``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``tensorrt`` (native TensorRT
+engines with cupy buffers; ``pip install 'hdn-deploy[tensorrt]'``, see ``backends.tensorrt``).
 """
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from ..errors import ConfigError
 from ..package import ModelPackage
 from .base import Backend
 
-BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt")
+BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt", "tensorrt")
 
 
 def create_backend(name: str, package: ModelPackage, *, threads: int | None = None, **options) -> Backend:
     """Instantiate the backend ``name`` for ``package``."""
+    if name == "tensorrt":  # imports tensorrt and cupy lazily, in the constructor
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(package, threads=threads, **options)
     from .onnxrt import OnnxRuntimeBackend
 
     if name == "auto":

@@ -31,7 +31,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import bench, demo, denoise, export, info, noise_model, train  # noqa: F401  (each adds commands)
+    from . import bench, build_engine, demo, denoise, export, info, noise_model, train  # noqa: F401  (each adds commands)
 
 
 _register()
