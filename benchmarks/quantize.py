@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from hdn_deploy._optional import require
 from hdn_deploy.errors import ConfigError
+from hdn_deploy.io import staged_folder
 from hdn_deploy.latents import LatentSampler
 from hdn_deploy.package import MANIFEST_FILE, load_package, sha256_file
 
@@ -107,8 +107,7 @@ def quantized_package(model: str | Path, output: str | Path, *, method: str = "d
         raise ConfigError(f"unknown quantisation method {method!r}; expected one of {METHODS}")
     package = load_package(model)
     output = Path(output)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         for item in package.path.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
@@ -122,10 +121,4 @@ def quantized_package(model: str | Path, output: str | Path, *, method: str = "d
         manifest["graphs"]["decoder"]["sha256"] = sha256_file(decoder)
         manifest.setdefault("export", {})["int8"] = {"method": method, "graphs": ["decoder"]}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return output

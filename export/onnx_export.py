@@ -9,7 +9,6 @@ randomness (seeded, see ``hdn_deploy.latents``).
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ from torch import nn
 
 from hdn_deploy._version import __version__
 from hdn_deploy.errors import ConfigError, PackageError
-from hdn_deploy.io import create_temp_beside
+from hdn_deploy.io import staged_folder
 from hdn_deploy.package import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -194,9 +193,7 @@ def package_from_checkpoint(
     size = max(cfg.patch_size, multiple)
     example = _verification_image(size, 0)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = create_temp_beside(output, directory=True)  # 0777 less umask, not 0700
-    try:
+    with staged_folder(output) as staging:
         with torch.no_grad():
             features = model.bottom_up(example)
             eps = model.draw_eps(2, size, size, torch.Generator().manual_seed(0))
@@ -225,12 +222,6 @@ def package_from_checkpoint(
         manifest["noise_description"] = description
         manifest["posterior_logvar_max"] = posterior_logvar_max
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return output
 
 

@@ -101,18 +101,16 @@ def fp16_package(package_dir: str | Path, output: str | Path, *, overwrite: bool
     The manifest records ``precision: fp16``, the FP32 nodes and the new graph hashes.
     """
     import json
-    import shutil
 
     from hdn_deploy.errors import PackageError
-    from hdn_deploy.io import create_temp_beside
+    from hdn_deploy.io import staged_folder
     from hdn_deploy.package import MANIFEST_FILE, load_package, sha256_file
 
     package = load_package(package_dir)
     output = Path(output)
     if output.exists() and not overwrite:
         raise PackageError(f"{output} exists already; remove it or pass overwrite=True")
-    staging = create_temp_beside(output, directory=True)
-    try:
+    with staged_folder(output) as staging:
         manifest = json.loads(json.dumps(package.manifest))
         summaries = {}
         for name, entry in manifest["graphs"].items():
@@ -122,10 +120,4 @@ def fp16_package(package_dir: str | Path, output: str | Path, *, overwrite: bool
                                  {k: v["sha256"] for k, v in package.manifest["graphs"].items()},
                                  "fp32_nodes": {k: v["fp32_nodes"] for k, v in summaries.items()}}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return output

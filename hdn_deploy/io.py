@@ -10,9 +10,11 @@ import glob
 import json
 import os
 import secrets
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -200,6 +202,24 @@ def read_image(path: str | Path) -> ImageData:
 
 
 # -- writing --------------------------------------------------------------------------
+
+
+@contextmanager
+def staged_folder(output: str | Path) -> Iterator[Path]:
+    """Build a folder atomically: yield a hidden staging folder beside ``output``; when the
+    block succeeds it replaces ``output``, when it raises it is removed and ``output`` is
+    left as it was."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = create_temp_beside(output, directory=True)
+    try:
+        yield staging
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def create_temp_beside(path: str | Path, *, directory: bool = False) -> Path:
