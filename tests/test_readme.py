@@ -85,3 +85,17 @@ def test_readme_walkthrough_api_and_bench_run(readme_folder):
     namespace: dict = {}
     exec(compile(code, "README.md:api", "exec"), namespace)
     assert namespace["mmse"].shape == (96, 96) and namespace["samples"].shape == (2, 96, 96)
+
+
+@pytest.mark.slow
+def test_readme_gpu_commands_parse_and_fail_cleanly_without_tensorrt(readme_folder, tiny_package):
+    """No GPU/TensorRT on CI: the commands must parse and end with the install hint."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the GPU tests cover these commands")
+    (readme_folder / "my_model").symlink_to(tiny_package)
+    for argv in readme_commands("gpu"):
+        result = CliRunner().invoke(main, argv[1:])
+        assert result.exit_code == 2, result.output
+        assert "hdn-deploy[tensorrt]" in result.output, result.output
