@@ -97,17 +97,19 @@ def _check_size(name: str, value: object, multiple: int, *, low: int, fix: str) 
     return value
 
 
-def _origins(padded: int, tile: int, step: int) -> list[int]:
-    """Tile origins along one axis: 0, step, 2*step, ... plus one flush with the end."""
+def _axis_layout(padded: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
+    """Tile length and origins along one axis: the fewest tiles of at most ``tile`` that
+    cover ``padded`` with at least ``overlap`` between neighbours, made as short as that
+    allows and spread evenly (first at 0, last flush with the end), all multiples of
+    ``multiple``. Equal, shortest tiles waste the least work on overlaps: 1024 px with
+    tiles of at most 512 and overlap 64 become 3 x 384 px instead of 3 x 512 px."""
     if padded <= tile:
-        return [0]
-    origins = []
-    origin = 0
-    while origin + tile < padded:
-        origins.append(origin)
-        origin += step
-    origins.append(padded - tile)  # > origins[-1] because origins[-1] + tile < padded
-    return origins
+        return padded, [0]
+    n = -(-(padded - overlap) // (tile - overlap))
+    length = -(-(padded + (n - 1) * overlap) // (n * multiple)) * multiple
+    span = padded - length
+    origins = [int(k * span / (n - 1) / multiple + 0.5) * multiple for k in range(n)]
+    return length, origins
 
 
 def _reflect_index(n: int, size: int) -> np.ndarray:
@@ -184,13 +186,9 @@ class Tiler:
         h, w = (int(s) for s in shape)
         m = self.multiple
         ph, pw = -(-h // m) * m, -(-w // m) * m
-        step = self.tile_size - self.overlap
-        th, tw = min(self.tile_size, ph), min(self.tile_size, pw)
-        tiles = tuple(
-            Tile(y0, x0, th, tw)
-            for y0 in _origins(ph, th, step)
-            for x0 in _origins(pw, tw, step)
-        )
+        th, ys = _axis_layout(ph, self.tile_size, self.overlap, m)
+        tw, xs = _axis_layout(pw, self.tile_size, self.overlap, m)
+        tiles = tuple(Tile(y0, x0, th, tw) for y0 in ys for x0 in xs)
         return TilePlan((h, w), (ph, pw), tiles, self.overlap)
 
     def pad(self, image: np.ndarray, plan: TilePlan) -> np.ndarray:

@@ -54,20 +54,31 @@ def test_plan_properties(shape, tile_size, overlap):
     coverage = np.zeros((ph, pw), dtype=int)
     for t in plan.tiles:
         assert t.y0 % 64 == 0 and t.x0 % 64 == 0
-        assert t.height == min(tile_size, ph) and t.width == min(tile_size, pw)
+        assert t.height <= min(tile_size, ph) and t.width <= min(tile_size, pw)
         assert t.y0 + t.height <= ph and t.x0 + t.width <= pw
         coverage[t.slices] += 1
     assert coverage.min() >= 1
     assert max(t.y0 + t.height for t in plan.tiles) == ph  # flush last row and column
     assert max(t.x0 + t.width for t in plan.tiles) == pw
+    for axis, size in ((0, ph), (1, pw)):  # neighbours overlap by at least `overlap`
+        starts = sorted({(t.y0, t.x0)[axis] for t in plan.tiles})
+        length = (plan.tiles[0].height, plan.tiles[0].width)[axis]
+        assert all(b - a <= length - overlap for a, b in zip(starts, starts[1:]))
 
 
 def test_plan_origins_for_1000x700():
     plan = Tiler(256, 64).plan((1000, 700))
     assert plan.padded_shape == (1024, 704)
     assert sorted({t.y0 for t in plan.tiles}) == [0, 192, 384, 576, 768]
-    assert sorted({t.x0 for t in plan.tiles}) == [0, 192, 384, 448]
+    assert sorted({t.x0 for t in plan.tiles}) == [0, 128, 320, 448]
     assert len(plan) == 20
+
+
+def test_plan_uses_the_fewest_shortest_tiles():
+    plan = Tiler(512, 64).plan((1024, 1024))
+    assert {(t.height, t.width) for t in plan.tiles} == {(384, 384)}
+    assert sorted({t.y0 for t in plan.tiles}) == [0, 320, 640]
+    assert Tiler(1024, 64).plan((1024, 1000)).tiles == (Tile(0, 0, 1024, 1024),)
 
 
 def test_small_image_is_one_shrunk_tile():
