@@ -157,7 +157,7 @@ def package_from_checkpoint(
         ONNX opset (>= 18).
     tile_size, overlap
         Recommended tiling stored in the manifest; defaults derive from the training
-        patch size (tile 4x patch, overlap 1x patch, both multiples of 2**levels).
+        patch size (tile 8x patch, overlap 1x patch, both multiples of 2**levels).
     verify
         Check the graphs with onnx.checker and against PyTorch (max abs diff <= 1e-4).
     overwrite
@@ -181,7 +181,7 @@ def package_from_checkpoint(
         level.stochastic.posterior_logvar_max = posterior_logvar_max
     cfg = model.config
     multiple = cfg.spatial_multiple
-    tile = tile_size or max(4 * cfg.patch_size, multiple)
+    tile = tile_size or max(8 * cfg.patch_size, multiple)
     ovl = overlap if overlap is not None else max(cfg.patch_size, multiple)
     if tile < multiple or tile % multiple or ovl % multiple or not 0 <= ovl < tile:
         raise ConfigError(

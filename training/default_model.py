@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if MODEL_DIR.exists():
         shutil.rmtree(MODEL_DIR)
     run(["export", str(work / "run" / "best.safetensors"), "-o", str(MODEL_DIR),
-         "--tile", "256", "--overlap", "64", "--description", NOISE_DESCRIPTION])
+         "--tile", "512", "--overlap", "64", "--description", NOISE_DESCRIPTION])
     history = (work / "run" / "metrics.csv").read_text().splitlines()
     summary = {"wall_seconds": round(time.perf_counter() - start, 1), "max_steps": args.max_steps,
                "metrics_last_row": history[-1], "metrics_header": history[0]}
