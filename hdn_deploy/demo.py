@@ -67,7 +67,7 @@ def write_montage(path: Path, panels: list[tuple[str, np.ndarray]], *, display_r
 
 
 def run_demo(out_dir: str | Path, *, n_samples: int = 100, seed: int = 0, threads: int | None = None,
-             model: str | Path | None = None, sampling: str = "mc") -> DemoReport:
+             model: str | Path | None = None, sampling: str = "antithetic") -> DemoReport:
     """Denoise the bundled sample; write MMSE/std TIFFs and a montage PNG into ``out_dir``."""
     from .denoiser import Denoiser
 

@@ -72,7 +72,7 @@ def test_denoise_writes_outputs_with_metadata(tiny_package, tif, tmp_path, image
         settings = meta["settings"]
         assert settings["model_sha256"] == model_hash
         assert (settings["samples"], settings["seed"], settings["save_samples"]) == (2, 7, 2)
-        assert settings["sampling"] == "mc" and settings["output_dtype"] == "float32"
+        assert settings["sampling"] == "antithetic" and settings["output_dtype"] == "float32"
     mask = os.umask(0)
     os.umask(mask)
     assert ((out / "img_mmse.tif").stat().st_mode & 0o777) == 0o666 & ~mask

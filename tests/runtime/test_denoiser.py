@@ -79,10 +79,10 @@ def test_tiled_matches_whole_image(den, noisy_image, overlap, max_ratio):
     tiny model, 128x160, 16 samples: mean |tiled - whole| / mean |seed 3 - seed 4| = 0.08
     (overlap 16) and 0.035 (overlap 32); max ratios 0.18 and 0.05."""
     image = noisy_image[:128, :160]
-    whole = den.denoise(image, n_samples=16, seed=3, tile=256)
+    whole = den.denoise(image, n_samples=16, seed=3, tile=256, sampling="mc")
     assert whole.metadata["tile"] == 256  # one 128x160 tile
-    other_seed = den.denoise(image, n_samples=16, seed=4, tile=256)
-    tiled = den.denoise(image, n_samples=16, seed=3, tile=64, overlap=overlap)
+    other_seed = den.denoise(image, n_samples=16, seed=4, tile=256, sampling="mc")
+    tiled = den.denoise(image, n_samples=16, seed=3, tile=64, overlap=overlap, sampling="mc")
     mc = np.abs(other_seed.mmse - whole.mmse)
     err = np.abs(tiled.mmse - whole.mmse)
     assert err.mean() < max_ratio * mc.mean()
@@ -231,5 +231,5 @@ def test_metadata(den, small, tiny_package):
         assert meta[key]
     assert meta["backend"]["name"] == "onnxruntime" and meta["backend"]["onnxruntime_version"]
     assert (meta["tile"], meta["overlap"]) == (64, 16)
-    assert (meta["blend"], meta["sampling"]) == ("hann", "mc")
+    assert (meta["blend"], meta["sampling"]) == ("hann", "antithetic")
     assert meta["shape"] == list(small.shape)
