@@ -4,6 +4,7 @@ The runtime (this package outside ``hdn_deploy.training`` / ``hdn_deploy.export`
 needs numpy, onnxruntime and tifffile only; it never imports torch.
 """
 from ._version import __version__
+from .denoiser import DenoiseResult, Denoiser, Progress
 from .errors import (
     BackendError,
     ConfigError,
@@ -15,6 +16,9 @@ from .errors import (
 
 __all__ = [
     "__version__",
+    "Denoiser",
+    "DenoiseResult",
+    "Progress",
     "HDNError",
     "ConfigError",
     "InputError",
