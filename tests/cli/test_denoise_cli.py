@@ -275,3 +275,17 @@ def test_export_bad_checkpoint(tiny_run, tmp_path, kind, message):
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
+
+
+def test_stack_with_samples_writes_imagej_hyperstack(tiny_package, tmp_path, image):
+    crop = image[:48, :48]
+    stack = np.stack([crop, crop[::-1], crop[:, ::-1]])
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack", metadata={"axes": "ZYX"})
+    result = _denoise(tiny_package, [str(path)], tmp_path / "out", "--samples", "2",
+                      "--save-samples", "2")
+    assert result.exit_code == 0, result.output
+    with tifffile.TiffFile(tmp_path / "out" / "stack_samples.tif") as tif:
+        assert tif.series[0].shape == (2, 3, 48, 48) and tif.series[0].axes == "TZYX"
+    with tifffile.TiffFile(tmp_path / "out" / "stack_mmse.tif") as tif:
+        assert tif.series[0].shape == (3, 48, 48) and tif.series[0].axes == "ZYX"
