@@ -286,6 +286,6 @@ def test_stack_with_samples_writes_imagej_hyperstack(tiny_package, tmp_path, ima
                       "--save-samples", "2")
     assert result.exit_code == 0, result.output
     with tifffile.TiffFile(tmp_path / "out" / "stack_samples.tif") as tif:
-        assert tif.series[0].shape == (2, 3, 48, 48) and tif.series[0].axes == "TZYX"
+        assert tif.series[0].shape == (2, *stack.shape) and tif.series[0].axes == "TZYX"
     with tifffile.TiffFile(tmp_path / "out" / "stack_mmse.tif") as tif:
-        assert tif.series[0].shape == (3, 48, 48) and tif.series[0].axes == "ZYX"
+        assert tif.series[0].shape == stack.shape and tif.series[0].axes == "ZYX"
