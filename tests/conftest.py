@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tifffile
@@ -72,3 +75,26 @@ def tiny_package(tmp_path_factory, tiny_run) -> Path:
 
     return package_from_checkpoint(tiny_run / "best.safetensors",
                                    tmp_path_factory.mktemp("pkg") / "tiny", tile_size=64, overlap=16)
+
+
+BLOCK_TORCH = """
+import sys
+
+
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"import of {name} blocked by the test")
+        return None
+
+
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+
+def run_without_torch(code: str, *args: str, cwd: Path, timeout: int = 300):
+    """Run ``code`` in a fresh interpreter in which importing torch fails."""
+    script = Path(cwd) / "no_torch_script.py"
+    script.write_text(BLOCK_TORCH + code)
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)

@@ -2,7 +2,6 @@
 onnxruntime CPU runs the same FP16 graph a GPU engine would be built from)."""
 import warnings
 
-import numpy as np
 import onnx
 import pytest
 

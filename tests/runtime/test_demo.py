@@ -1,10 +1,10 @@
 """The bundled model and sample: present, loadable, and the demo runs without torch."""
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 from click.testing import CliRunner
+
+from conftest import run_without_torch
 
 from hdn_deploy.cli.main import main
 from hdn_deploy.demo import DEFAULT_MODEL, SAMPLE_CLEAN, SAMPLE_NOISY, bundled_path, run_demo
@@ -39,17 +39,11 @@ def test_demo_cli_prints_psnrs(tmp_path):
 
 def test_demo_runs_where_torch_cannot_be_imported(tmp_path):
     code = textwrap.dedent(f"""
-        import sys, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch blocked")
-        sys.meta_path.insert(0, Block())
         from hdn_deploy.demo import run_demo
         report = run_demo({str(tmp_path)!r}, n_samples=2, threads=1)
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         print("ok", report.psnr_mmse)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = run_without_torch(code, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")

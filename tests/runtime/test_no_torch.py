@@ -1,24 +1,13 @@
 """The runtime and its CLI work where torch cannot be imported, and never import it."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
+
+from conftest import run_without_torch
 
 SCRIPT = textwrap.dedent(
     """
     import sys
-
-
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"import of {name} blocked by test_no_torch")
-            return None
-
-
-    sys.meta_path.insert(0, BlockTorch())
-
     from pathlib import Path
 
     import numpy as np
@@ -60,9 +49,6 @@ SCRIPT = textwrap.dedent(
 
 
 def test_runtime_and_cli_without_torch(tiny_package, tmp_path):
-    script = tmp_path / "no_torch.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(tiny_package), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = run_without_torch(SCRIPT, str(tiny_package), str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "NO-TORCH-OK" in proc.stdout
