@@ -35,6 +35,8 @@ from typing import Any, Callable
 import numpy as np
 import tifffile
 
+from hdn_deploy.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -319,10 +321,8 @@ def _left(args) -> float:
 
 
 def _write(path: Path, results: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2,
-                              default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(
+        results, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 def _plan(args, avail) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from hdn_deploy._optional import require
 from hdn_deploy.errors import ConfigError
-from hdn_deploy.io import staged_folder
+from hdn_deploy.atomic import staged_folder
 from hdn_deploy.latents import LatentSampler
 from hdn_deploy.package import MANIFEST_FILE, load_package, sha256_file
 

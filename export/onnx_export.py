@@ -20,7 +20,7 @@ from torch import nn
 
 from hdn_deploy._version import __version__
 from hdn_deploy.errors import ConfigError, PackageError
-from hdn_deploy.io import staged_folder
+from hdn_deploy.atomic import staged_folder
 from hdn_deploy.package import (
     DECODER_FILE,
     ENCODER_FILE,

@@ -103,7 +103,7 @@ def fp16_package(package_dir: str | Path, output: str | Path, *, overwrite: bool
     import json
 
     from hdn_deploy.errors import PackageError
-    from hdn_deploy.io import staged_folder
+    from hdn_deploy.atomic import staged_folder
     from hdn_deploy.package import MANIFEST_FILE, load_package, sha256_file
 
     package = load_package(package_dir)

@@ -40,7 +40,7 @@ from hdn_deploy.backends.trt_cache import (
     write_sidecar,
 )
 from hdn_deploy.errors import BackendError, ConfigError
-from hdn_deploy.io import create_temp_beside
+from hdn_deploy.atomic import atomic_path
 from hdn_deploy.package import ModelPackage, load_package
 
 __all__ = ["EngineProfile", "engine_cache_key", "engine_cache_path", "build_engine",
@@ -179,14 +179,8 @@ def _source_onnx(package: ModelPackage, graph: str, *, precision: str, major: in
         from .precision import fp16_graph
 
         log(f"converting {source} to FP16 for TensorRT {major} (strongly typed) -> {target}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = create_temp_beside(target)
-        try:
+        with atomic_path(target) as tmp:
             fp16_graph(source, tmp)
-            tmp.replace(target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     return target
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .io import read_image, write_tiff_atomic
 from .metrics import psnr
 
@@ -60,9 +61,8 @@ def write_montage(path: Path, panels: list[tuple[str, np.ndarray]], *, display_r
     for tile in tiles:
         montage.paste(tile, (x, 0))
         x += tile.width + gap
-    tmp = path.with_name(f".{path.name}.tmp")
-    montage.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        montage.save(tmp, format="PNG")
     return path
 
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 import glob
 import json
 import os
-import secrets
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tifffile
 
+from .atomic import atomic_path, create_temp_beside, staged_folder  # noqa: F401 (re-exported)
 from .errors import ConfigError, InputError
 
 __all__ = [
@@ -204,50 +202,6 @@ def read_image(path: str | Path) -> ImageData:
 # -- writing --------------------------------------------------------------------------
 
 
-@contextmanager
-def staged_folder(output: str | Path) -> Iterator[Path]:
-    """Build a folder atomically: yield a hidden staging folder beside ``output``; when the
-    block succeeds it replaces ``output``, when it raises it is removed and ``output`` is
-    left as it was."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = create_temp_beside(output, directory=True)
-    try:
-        yield staging
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
-def create_temp_beside(path: str | Path, *, directory: bool = False) -> Path:
-    """Create an empty hidden ``.<name>.<random>.tmp`` file (or folder) beside ``path``.
-
-    Unlike :func:`tempfile.mkstemp` (mode 0600) and :func:`tempfile.mkdtemp` (0700), it
-    is created with mode 0666 (0777 for a folder) less the process umask, so once it is
-    renamed to ``path`` it has the permissions of a normally created file.
-
-    Raises
-    ------
-    OSError
-        If the folder cannot be written.
-    """
-    path = Path(path)
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            if directory:
-                os.mkdir(tmp, 0o777)
-            else:
-                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        return tmp
-    raise FileExistsError(f"cannot create a temporary name beside '{path}'")
-
-
 def _writable_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -314,23 +268,12 @@ def write_tiff_atomic(
         )
     folder = path.parent
     _writable_folder(folder)
-    try:
-        tmp_name = str(create_temp_beside(path))
-    except OSError as exc:
-        raise InputError(f"output folder '{folder}' is not writable: {exc}") from exc
-    try:
-        ij_axes = _IMAGEJ_AXES[axes]
+    ij_axes = _IMAGEJ_AXES[axes]
+    with atomic_path(path) as tmp:
         if array.dtype in _IMAGEJ_DTYPES:
-            tifffile.imwrite(tmp_name, array, imagej=True, metadata={"axes": ij_axes, "Info": info})
+            tifffile.imwrite(tmp, array, imagej=True, metadata={"axes": ij_axes, "Info": info})
         else:
-            tifffile.imwrite(tmp_name, array, metadata={"axes": ij_axes, "Info": info})
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+            tifffile.imwrite(tmp, array, metadata={"axes": ij_axes, "Info": info})
     return path
 
 

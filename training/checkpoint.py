@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hdn_deploy.errors import PackageError
-from hdn_deploy.io import create_temp_beside
+from hdn_deploy.atomic import atomic_path
 
 from .config import ModelConfig
 from .data import Normalization
@@ -76,16 +76,10 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "provenance": ckpt.provenance,
         "training_state": ckpt.training_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = create_temp_beside(path)
-    mode = tmp.stat().st_mode & 0o777  # 0666 less the umask, as for any new file
-    try:
+    with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode & 0o777  # 0666 less the umask, as for any new file
         save_file(tensors, str(tmp), metadata={"hdn": json.dumps(header)})
         os.chmod(tmp, mode)  # safetensors creates its files with mode 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

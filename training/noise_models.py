@@ -18,16 +18,16 @@ DivNoising / PPN2V / HDN family) and histogram files (``.npy`` or ``.npz`` key
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import uuid
 import zipfile
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Union
 
 import numpy as np
 import torch
+
+from hdn_deploy.atomic import atomic_path
 from tqdm.auto import tqdm
 
 from hdn_deploy.errors import ConfigError, InputError, PackageError
@@ -71,15 +71,8 @@ def write_atomically(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path
         ``path``. Readers never see a half-written file; on error nothing is left behind.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
     return path
 
 

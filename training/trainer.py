@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hdn_deploy._version import __version__
+from hdn_deploy.atomic import atomic_path
 from hdn_deploy.errors import ConfigError, InputError
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -195,12 +196,10 @@ class TrainingRun:
         if not self.history:
             return
         path = self.run_dir / METRICS
-        tmp = path.with_name(f".{METRICS}.tmp")
-        with tmp.open("w", newline="") as fh:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(self.history[-1]))
             writer.writeheader()
             writer.writerows(self.history)
-        tmp.replace(path)
 
     # ---------------------------------------------------------------- steps
     def kl_weight(self) -> float:

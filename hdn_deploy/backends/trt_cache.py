@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import BackendError, ConfigError, PackageError
-from ..io import create_temp_beside
+from ..atomic import atomic_write_bytes
 from ..package import ModelPackage
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -171,16 +171,7 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = create_temp_beside(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def write_sidecar(engine_path: str | Path, fields: dict[str, Any]) -> Path:
