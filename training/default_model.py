@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,9 @@ NOISE_DESCRIPTION = (
     f"Poisson(clean / {GAIN:g}) + N(0, {READ_NOISE:g}^2); GMM noise model from a simulated "
     "calibration stack"
 )
-ARCHITECTURE = ["--levels", "6", "--latent-channels", "32", "--filters", "32", "--blocks", "3",
-                "--patch-size", "64"]
+# The `cpu` preset: 6 x 32 latents, 32 filters, 3 blocks, 64x64 patches, batch 16, Adamax
+# 1e-3 with 100 warm-up steps and cosine decay over --max-steps.
+RECIPE = ["--preset", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "hdn_deploy" / "models" / "default"
 SAMPLE_DIR = REPO / "hdn_deploy" / "sample_data"
@@ -78,16 +80,19 @@ def calibration_stack(rng: np.random.Generator, frames: int = 60) -> np.ndarray:
     return np.stack([add_noise(sample.astype(np.float32), rng) for _ in range(frames)])
 
 
-def run(cmd: list[str]) -> None:
+def run(cmd: list[str], threads: int) -> None:
+    """Run one hdn-deploy command; torch's thread pool is sized before torch starts (a pool
+    larger than the free cores slows small ops by orders of magnitude on a shared machine)."""
     print("+ hdn-deploy " + " ".join(cmd), flush=True)
-    subprocess.run([sys.executable, "-m", "hdn_deploy", *cmd], check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run([sys.executable, "-m", "hdn_deploy", *cmd], check=True, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], args.threads)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "default-model")
-    parser.add_argument("--max-steps", type=int, default=900)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--prepare-only", action="store_true", help="only make data and noise model")
     parser.add_argument("--fresh", action="store_true", help="remake data even if present")
@@ -108,21 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         tifffile.imwrite(SAMPLE_DIR / "ihc_clean.tif", sample)
         tifffile.imwrite(SAMPLE_DIR / "ihc_noisy.tif", add_noise(sample, rng))
         run(["noise-model", "calibrate", str(work / "calibration.tif"), "-o", str(work / "nm.npz"),
-             "--seed", str(SEED), "--iterations", "300", "--batch-size", "50000"])
+             "--seed", str(SEED)], args.threads)
     if args.prepare_only:
         return 0
     common = ["--max-steps", str(args.max_steps)]
     if args.resume:
-        run(["train", "--resume", str(work / "run"), *common])
+        run(["train", "--resume", str(work / "run"), *common], args.threads)
     else:
         run(["train", str(data_dir), "-o", str(work / "run"), "--noise-model", str(work / "nm.npz"),
-             *ARCHITECTURE, "--batch-size", "32", "--steps-per-epoch", "50", "--val-patches", "128",
-             "--lr-patience", "5", "--early-stop-patience", "20", "--seed", str(SEED),
-             "--threads", str(args.threads), *common])
+             *RECIPE, "--snapshot-every", "500", "--seed", str(SEED), "--threads", str(args.threads), *common], args.threads)
     if MODEL_DIR.exists():
         shutil.rmtree(MODEL_DIR)
     run(["export", str(work / "run" / "best.safetensors"), "-o", str(MODEL_DIR),
-         "--tile", "512", "--overlap", "64", "--description", NOISE_DESCRIPTION])
+         "--tile", "512", "--overlap", "64", "--description", NOISE_DESCRIPTION], args.threads)
     history = (work / "run" / "metrics.csv").read_text().splitlines()
     summary = {"wall_seconds": round(time.perf_counter() - start, 1), "max_steps": args.max_steps,
                "metrics_last_row": history[-1], "metrics_header": history[0]}

@@ -58,13 +58,22 @@ def hdn_loss(
     norm: Normalization,
     kl_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Reference HDN objective: mean pixel NLL + free-bits KL per pixel."""
+    """Reference HDN objective: mean pixel NLL + free-bits KL per pixel.
+
+    KL is analytic per sample and level (``result.kl[i]`` has shape (N,), nats summed over
+    channels and space); each per-sample value is clamped from below by the free bits
+    (``model.config.free_bits`` nats per level per patch) *before* the batch average, as in
+    the reference HDN (Prakash et al., ICLR 2022, ``free_bits`` in its ``lvae.py``). The
+    sum over levels is divided by the pixels of one patch. ``kl_raw`` and ``kl_levels``
+    are the unclamped values, for logging.
+    """
     signal = result.signal * norm.std + norm.mean
     observation = batch * norm.std + norm.mean
     recon = -noise_model.log_likelihood(observation, signal).mean()
     per_level = torch.stack([kl.mean() for kl in result.kl])  # batch-averaged, per level
+    clamped = torch.stack([kl.clamp(min=model.config.free_bits).mean() for kl in result.kl])
     n_pixels = batch.shape[-1] * batch.shape[-2]
-    kl_loss = per_level.clamp(min=model.config.free_bits).sum() / n_pixels
+    kl_loss = clamped.sum() / n_pixels
     return {
         "loss": recon + kl_weight * kl_loss,
         "recon": recon,
@@ -72,6 +81,50 @@ def hdn_loss(
         "kl_raw": per_level.sum() / n_pixels,
         "kl_levels": per_level / n_pixels,
     }
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.optimizer`` names, at ``cfg.lr``."""
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    return torch.optim.Adamax(params, lr=cfg.lr)
+
+
+def init_weights(model: LadderVAE, source: str | Path) -> None:
+    """Load the weights of a checkpoint (or of a folder holding ``checkpoint.safetensors``,
+    e.g. a model package exported with its checkpoint) into ``model``, for fine-tuning.
+
+    Raises
+    ------
+    InputError
+        If ``source`` holds no checkpoint.
+    ConfigError
+        If the checkpoint's architecture differs from ``model``'s (names the first
+        mismatching tensors and the settings that differ).
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoint.safetensors"
+        if not path.is_file():
+            raise InputError(
+                f"{source}: no checkpoint.safetensors in this folder; pass a training checkpoint "
+                "(best.safetensors of a run) or a package exported with --include-checkpoint")
+    ckpt = load_checkpoint(path)
+    own = model.state_dict()
+    theirs = ckpt.model_state
+    mismatched = [k for k in own if k not in theirs or tuple(theirs[k].shape) != tuple(own[k].shape)]
+    mismatched += [k for k in theirs if k not in own]
+    if mismatched:
+        ours, other = model.config.to_dict(), ckpt.model_config.to_dict()
+        differ = {k: (other.get(k), ours[k]) for k in ours if other.get(k) != ours[k]}
+        raise ConfigError(
+            f"{path}: its weights do not fit this model ({len(mismatched)} tensors differ, "
+            f"e.g. {mismatched[:3]}); settings that differ (checkpoint, this run): {differ}. "
+            "Train with the checkpoint's architecture and patch size to fine-tune it.")
+    model.load_state_dict(theirs)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -117,7 +170,9 @@ class TrainingRun:
         self.norm = compute_normalization(train)
         torch.manual_seed(train_config.seed)
         self.model = LadderVAE(model_config)
-        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=train_config.lr)
+        if train_config.init:
+            init_weights(self.model, train_config.init)
+        self.optimizer = make_optimizer(self.model, train_config)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=train_config.lr_factor,
             patience=train_config.lr_patience,
@@ -133,6 +188,7 @@ class TrainingRun:
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self.collapse_warning = False
+        self.train_seconds = 0.0  # training steps only, across resumes
 
     # ------------------------------------------------------------- persistence
     def settings(self) -> dict[str, Any]:
@@ -190,6 +246,7 @@ class TrainingRun:
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_val, self.bad_epochs = state["best_val"], state["bad_epochs"]
         self.history = list(state["history"])
+        self.train_seconds = self.history[-1].get("train_seconds", 0.0) if self.history else 0.0
         self.collapse_warning = bool(state.get("collapse_warning", False))
 
     def _write_metrics(self) -> None:
@@ -207,16 +264,38 @@ class TrainingRun:
             return 1.0
         return min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps)
 
+    def lr_at(self, step: int) -> float | None:
+        """The scheduled learning rate at ``step``; None where ReduceLROnPlateau rules."""
+        cfg = self.cfg
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.lr_schedule == "cosine":
+            progress = min(1.0, step / max(1, self.total_steps()))
+            floor = cfg.final_lr_fraction
+            return cfg.lr * warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return cfg.lr * warm if step < cfg.warmup_steps else None
+
     def train_step(self) -> dict[str, torch.Tensor]:
         self.model.train()
         batch = torch.from_numpy(self.sampler.batch(self.cfg.batch_size))
-        result = self.model(batch)
-        losses = hdn_loss(self.model, batch, result, self.noise_model, self.norm, self.kl_weight())
+        lr = self.lr_at(self.step)
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        chunks = torch.split(batch, self.cfg.virtual_batch_size or batch.shape[0])
+        totals: dict[str, torch.Tensor] = {}
+        for chunk in chunks:
+            losses = hdn_loss(self.model, chunk, self.model(chunk), self.noise_model, self.norm,
+                              self.kl_weight())
+            share = chunk.shape[0] / batch.shape[0]
+            (losses["loss"] * share).backward()
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0) + value.detach() * share
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return losses
+        return totals
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -250,7 +329,8 @@ class TrainingRun:
         full_epoch = n_steps == self.cfg.steps_per_epoch
         if full_epoch:
             self.epoch += 1
-            self.scheduler.step(val["loss"])
+            if self.cfg.lr_schedule == "plateau" and self.step >= self.cfg.warmup_steps:
+                self.scheduler.step(val["loss"])
         row = {
             "step": self.step,
             "epoch": self.epoch,
@@ -259,7 +339,13 @@ class TrainingRun:
             **{f"val_{k}": v for k, v in val.items()},
             "patches_per_s": n_steps * self.cfg.batch_size / max(seconds, 1e-9),
         }
+        self.train_seconds += seconds
+        row["train_seconds"] = self.train_seconds
         self.history.append(row)
+        every = self.cfg.snapshot_every
+        if every and self.step // every > (self.step - n_steps) // every:
+            save_checkpoint(self.run_dir / f"step_{self.step}.safetensors",
+                            self._checkpoint(with_state=False))
         improved = val["loss"] < self.best_val
         if improved:
             self.best_val = val["loss"]

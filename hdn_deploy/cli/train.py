@@ -21,7 +21,9 @@ _TRAIN_FLAGS = {
     "batch_size": "batch_size", "lr": "lr", "lr_patience": "lr_patience", "max_steps": "max_steps", "max_epochs": "max_epochs",
     "steps_per_epoch": "steps_per_epoch", "val_fraction": "val_fraction", "val_patches": "val_patches",
     "early_stop_patience": "early_stop_patience", "kl_warmup_steps": "kl_warmup_steps",
-    "seed": "seed", "threads": "num_threads",
+    "seed": "seed", "threads": "num_threads", "optimizer": "optimizer",
+    "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps", "grad_clip": "grad_clip",
+    "virtual_batch_size": "virtual_batch_size", "init": "init", "snapshot_every": "snapshot_every",
 }
 
 
@@ -43,7 +45,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot parse config file ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    allowed = {"data", "output", "noise_model", "gaussian_sigma", "structured", "model", "train"}
+    allowed = {"data", "output", "noise_model", "gaussian_sigma", "structured", "model", "train",
+               "preset"}
     unknown = set(data) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -51,10 +54,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def merge_settings(file_settings: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """Config-file settings with command-line flags (those given) on top."""
-    settings = {k: v for k, v in file_settings.items() if k not in ("model", "train")}
-    model = dict(file_settings.get("model") or {})
-    train = dict(file_settings.get("train") or {})
+    """Preset, then config-file settings, then command-line flags (those given) on top."""
+    preset = _preset(flags.get("preset") or file_settings.get("preset"))
+    settings = {k: v for k, v in file_settings.items() if k not in ("model", "train", "preset")}
+    model = {**preset.get("model", {}), **(file_settings.get("model") or {})}
+    train = {**preset.get("train", {}), **(file_settings.get("train") or {})}
     for flag, key in _MODEL_FLAGS.items():
         if flags.get(flag) is not None:
             model[key] = flags[flag]
@@ -74,6 +78,16 @@ def merge_settings(file_settings: dict[str, Any], flags: dict[str, Any]) -> dict
         model["uncond_levels"] = [0, 1]
     settings["model"], settings["train"] = model, train
     return settings
+
+
+def _preset(name: str | None) -> dict[str, dict[str, Any]]:
+    from ..training.config import PRESETS
+
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
 
 
 def _noise_model(settings: dict[str, Any]):
@@ -111,7 +125,23 @@ def _noise_model(settings: dict[str, Any]):
 @click.option("--free-bits", type=float, help="KL free bits per level per patch (default 1).")
 @click.option("--patch-size", type=int, help="Training patch size (default 64).")
 @click.option("--batch-size", type=int, help="Patches per step (default 64).")
-@click.option("--lr", type=float, help="Adamax learning rate (default 3e-4).")
+@click.option("--preset", type=click.Choice(["cpu"]),
+              help="Named recipe (architecture + schedule) that flags and --config override; "
+                   "'cpu': the measured recipe for a few CPU hours (see README).")
+@click.option("--init", type=click.Path(exists=True, path_type=str),
+              help="Fine-tune: start from this checkpoint's weights (or a package folder "
+                   "holding checkpoint.safetensors); same architecture required.")
+@click.option("--optimizer", type=click.Choice(["adamax", "adam", "adamw"]),
+              help="Optimiser (default adamax, as the reference).")
+@click.option("--lr-schedule", type=click.Choice(["plateau", "cosine"]),
+              help="plateau: halve on stalled validation loss (default); cosine: decay over the run.")
+@click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps (default 0).")
+@click.option("--grad-clip", type=float, help="Clip the gradient norm to this value (default off).")
+@click.option("--virtual-batch-size", type=int,
+              help="Accumulate gradients over chunks of this many patches (reference: 8).")
+@click.option("--snapshot-every", type=int,
+              help="Also keep the weights every N steps (step_<N>.safetensors).")
+@click.option("--lr", type=float, help="Learning rate (default 3e-4).")
 @click.option("--lr-patience", type=int, help="Epochs without improvement before halving the LR (default 10).")
 @click.option("--max-steps", type=int, help="Stop after this many steps.")
 @click.option("--max-epochs", type=int, help="Stop after this many epochs (default 100).")
