@@ -89,9 +89,9 @@ def run(cmd: list[str], threads: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], args.threads)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "default-model")
-    parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--max-steps", type=int, default=2400)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--prepare-only", action="store_true", help="only make data and noise model")
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         run(["train", "--resume", str(work / "run"), *common], args.threads)
     else:
         run(["train", str(data_dir), "-o", str(work / "run"), "--noise-model", str(work / "nm.npz"),
-             *RECIPE, "--snapshot-every", "500", "--seed", str(SEED), "--threads", str(args.threads), *common], args.threads)
+             *RECIPE, "--snapshot-every", "400", "--seed", str(SEED), "--threads", str(args.threads),
+             *common], args.threads)
     if MODEL_DIR.exists():
         shutil.rmtree(MODEL_DIR)
     run(["export", str(work / "run" / "best.safetensors"), "-o", str(MODEL_DIR),
