@@ -23,3 +23,7 @@ class BackendError(HDNError, RuntimeError):
 
 class MissingDependencyError(HDNError, ImportError):
     """An optional dependency (torch, onnx, tensorrt...) is not installed."""
+
+
+class TrainingError(HDNError, RuntimeError):
+    """Training stopped on purpose (e.g. a detected posterior collapse with stop_on_collapse)."""

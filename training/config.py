@@ -138,6 +138,9 @@ class TrainConfig:
     snapshot_every
         Also keep the weights every this many steps as ``step_<N>.safetensors`` (at the end of
         the epoch where the step count reaches a multiple), for quality-vs-time curves.
+    stop_on_collapse
+        End the run with :class:`~hdn_deploy.errors.TrainingError` when a validation finds a
+        posterior collapse (see ``trainer.collapse_diagnosis``); otherwise only warn.
     """
 
     batch_size: int = 64
@@ -162,6 +165,7 @@ class TrainConfig:
     virtual_batch_size: int | None = None
     init: str | None = None
     snapshot_every: int | None = None
+    stop_on_collapse: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

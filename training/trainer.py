@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from hdn_deploy._version import __version__
 from hdn_deploy.atomic import atomic_path
-from hdn_deploy.errors import ConfigError, InputError
+from hdn_deploy.errors import ConfigError, InputError, TrainingError
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
@@ -81,6 +81,39 @@ def hdn_loss(
         "kl_raw": per_level.sum() / n_pixels,
         "kl_levels": per_level / n_pixels,
     }
+
+
+COLLAPSE_ADVICE = (
+    "Try: a KL warm-up (--kl-warmup-steps 1000), more free bits, fewer unconditional levels, or "
+    "start the structured model from a pixel-mode checkpoint (--init)")
+
+
+def collapse_diagnosis(kl_per_patch: Sequence[float], free_bits: float,
+                       output_var_ratio: float) -> str | None:
+    """Why a model looks collapsed, or None.
+
+    Parameters
+    ----------
+    kl_per_patch
+        Raw KL(q || p) per latent level, nats per patch (finest first).
+    free_bits
+        The free-bits floor of each level, nats per patch.
+    output_var_ratio
+        Variance of a posterior sample / variance of the signal in the data.
+
+    Collapsed means the latents carry (almost) no information about the input: every
+    level's KL sits at its floor (<= 1.05 x free bits), or the output is nearly flat
+    (< 10 % of the signal variance) while the total KL is within 4x the total floor. A
+    flat output with a large KL is a model that has not learned yet, not a collapse.
+    """
+    floor = free_bits * len(kl_per_patch)
+    if all(kl <= 1.05 * free_bits for kl in kl_per_patch):
+        return (f"every latent level's KL ({', '.join(f'{k:.2f}' for k in kl_per_patch)} nats per "
+                f"patch) sits at its free-bits floor ({free_bits:g}): the output ignores the input")
+    if output_var_ratio < 0.1 and sum(kl_per_patch) <= 4 * floor:
+        return (f"the output keeps {100 * output_var_ratio:.1f} % of the signal variance "
+                f"(a flat image) and the latents hold {sum(kl_per_patch):.1f} nats per patch")
+    return None
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -299,29 +332,43 @@ class TrainingRun:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Validation losses plus the collapse diagnostics: raw KL per level (nats per patch,
+        ``kl_patch_<i>``) and ``output_var_ratio``, the variance of one posterior sample over
+        the validation patches divided by the signal variance the data imply (variance of
+        the observations less the noise model's mean noise variance)."""
         self.model.eval()
         generator = torch.Generator().manual_seed(self.cfg.seed + 2)
         totals: dict[str, float] = {}
+        levels = np.zeros(self.model_config.n_levels)
+        signals = []
         chunks = torch.split(self.val_batch, self.cfg.batch_size)
         for chunk in chunks:
             eps = self.model.draw_eps(chunk.shape[0], chunk.shape[2], chunk.shape[3], generator)
-            losses = hdn_loss(self.model, chunk, self.model(chunk, eps), self.noise_model, self.norm)
+            result = self.model(chunk, eps)
+            losses = hdn_loss(self.model, chunk, result, self.noise_model, self.norm)
             for key in ("loss", "recon", "kl", "kl_raw"):
                 totals[key] = totals.get(key, 0.0) + float(losses[key]) * chunk.shape[0]
-        return {k: v / self.val_batch.shape[0] for k, v in totals.items()}
+            levels += np.array([float(kl.sum()) for kl in result.kl])
+            signals.append(result.signal.numpy() * self.norm.std + self.norm.mean)
+        n = self.val_batch.shape[0]
+        out = {k: v / n for k, v in totals.items()}
+        out.update({f"kl_patch_{i}": v / n for i, v in enumerate(levels)})
+        out["output_var_ratio"] = self._output_var_ratio(np.concatenate(signals))
+        return out
 
-    def _check_collapse(self, val: dict[str, float]) -> None:
-        floor = self.model_config.n_levels * self.model_config.free_bits / self.model_config.patch_size**2
-        if val["kl_raw"] > max(0.01, 2 * floor) or len(self.history) < 4:
-            return
-        recent = [row["val_recon"] for row in self.history[-4:]]
-        if min(recent[1:]) > recent[0] - 0.005 * abs(recent[0]):
+    def _output_var_ratio(self, signal: np.ndarray) -> float:
+        observed = self.val_batch.numpy() * self.norm.std + self.norm.mean
+        noise_var = float(np.mean(self.noise_model.variance(signal)))
+        signal_var = max(float(observed.var()) - noise_var, 1e-3 * float(observed.var()), 1e-12)
+        return float(signal.var()) / signal_var
+
+    def _check_collapse(self, val: dict[str, float]) -> str | None:
+        kls = [val[f"kl_patch_{i}"] for i in range(self.model_config.n_levels)]
+        problem = collapse_diagnosis(kls, self.model_config.free_bits, val["output_var_ratio"])
+        if problem is not None:
             self.collapse_warning = True
-            log.warning(
-                "possible posterior collapse: total KL is %.4g nats/pixel and the reconstruction "
-                "loss has stalled; consider --kl-warmup-steps, longer training or fewer uncond levels",
-                val["kl_raw"],
-            )
+            log.warning("posterior collapse at step %d: %s. %s", self.step, problem, COLLAPSE_ADVICE)
+        return problem
 
     def end_epoch(self, train_sums: dict[str, float], n_steps: int, seconds: float) -> bool:
         """Validate, step the LR scheduler, checkpoint; return True to stop early."""
@@ -353,9 +400,13 @@ class TrainingRun:
             save_checkpoint(self.run_dir / BEST, self._checkpoint(with_state=False))
         elif full_epoch:
             self.bad_epochs += 1
-        self._check_collapse(val)
+        problem = self._check_collapse(val)
+        row["collapse"] = int(problem is not None)
         save_checkpoint(self.run_dir / LAST, self._checkpoint(with_state=True))
         self._write_metrics()
+        if problem is not None and self.cfg.stop_on_collapse:
+            raise TrainingError(f"{self.run_dir}: stopped at step {self.step}: posterior collapse: "
+                                f"{problem}. {COLLAPSE_ADVICE}")
         return self.bad_epochs >= self.cfg.early_stop_patience
 
     def total_steps(self) -> int:
@@ -387,6 +438,8 @@ class TrainingRun:
                                     kl=f"{values['kl_raw']:.4f}")
                 sums.update({f"kl_level_{i}": v for i, v in enumerate(level_sums)})
                 stopped_early = self.end_epoch(sums, n, time.perf_counter() - start)
+                if self.history[-1]["collapse"]:
+                    bar.set_description("train (COLLAPSE: see log)")
         finally:
             bar.close()
         return TrainResult(

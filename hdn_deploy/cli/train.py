@@ -24,6 +24,7 @@ _TRAIN_FLAGS = {
     "seed": "seed", "threads": "num_threads", "optimizer": "optimizer",
     "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps", "grad_clip": "grad_clip",
     "virtual_batch_size": "virtual_batch_size", "init": "init", "snapshot_every": "snapshot_every",
+    "stop_on_collapse": "stop_on_collapse",
 }
 
 
@@ -141,6 +142,8 @@ def _noise_model(settings: dict[str, Any]):
               help="Accumulate gradients over chunks of this many patches (reference: 8).")
 @click.option("--snapshot-every", type=int,
               help="Also keep the weights every N steps (step_<N>.safetensors).")
+@click.option("--stop-on-collapse/--no-stop-on-collapse", default=None,
+              help="End with an error (exit 2) when a validation detects posterior collapse.")
 @click.option("--lr", type=float, help="Learning rate (default 3e-4).")
 @click.option("--lr-patience", type=int, help="Epochs without improvement before halving the LR (default 10).")
 @click.option("--max-steps", type=int, help="Stop after this many steps.")

@@ -8,11 +8,11 @@ import tifffile
 import torch
 
 from conftest import SIGMA, TINY_ARCH, noisy, synthetic_clean
-from hdn_deploy.errors import ConfigError, InputError
+from hdn_deploy.errors import ConfigError, InputError, TrainingError
 from hdn_deploy.training.checkpoint import load_checkpoint
 from hdn_deploy.training.config import ModelConfig, TrainConfig
 from hdn_deploy.training.noise_models import GaussianNoiseModel
-from hdn_deploy.training.trainer import TrainingRun, resume, train
+from hdn_deploy.training.trainer import TrainingRun, collapse_diagnosis, resume, train
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +80,60 @@ def test_kl_warmup_ramps_weight(noisy_tif, tmp_path):
     assert weights == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
 
 
-def test_collapse_warning_when_kl_vanishes_and_recon_stalls(noisy_tif, tmp_path, caplog):
+def test_collapse_diagnosis_rules():
+    assert collapse_diagnosis([5.0, 3.0, 1.0], free_bits=1.0, output_var_ratio=0.8) is None
+    # A flat output with informative latents is a model that has not learned yet.
+    assert collapse_diagnosis([50.0, 30.0, 10.0], free_bits=1.0, output_var_ratio=0.001) is None
+    # The reported structured collapse: 0.004 nats/pixel = 16.4 nats per 64x64 patch over 6
+    # levels, output std 0.58 against the clean image's 28.8.
+    flat = collapse_diagnosis([1.0, 1.0, 1.0, 1.0, 1.4, 11.0], free_bits=1.0,
+                              output_var_ratio=(0.58 / 28.8) ** 2)
+    assert "flat image" in flat and "0.0 %" in flat and "16.4 nats" in flat
+    floor = collapse_diagnosis([1.0, 1.02, 0.4], free_bits=1.0, output_var_ratio=0.9)
+    assert "free-bits floor" in floor
+
+
+def test_healthy_first_validation_is_not_flagged(noisy_tif, tmp_path):
+    result = _train(noisy_tif, tmp_path / "ok", 10)
+    assert not result.collapse_warning
+    rows = list(csv.DictReader((tmp_path / "ok" / "metrics.csv").open()))
+    assert rows[0]["collapse"] == "0" and float(rows[0]["val_output_var_ratio"]) >= 0
+    assert {f"val_kl_patch_{i}" for i in range(len(TINY_ARCH["z_dims"]))} <= set(rows[0])
+
+
+def _collapsed_validation(run):
+    """Make every validation report the reported structured collapse's figures."""
+    real = run.validate
+
+    def validate():
+        val = real()
+        val.update({f"kl_patch_{i}": 1.0 for i in range(run.model_config.n_levels)})
+        val["output_var_ratio"] = 0.0004
+        return val
+
+    run.validate = validate
+
+
+def test_forced_collapse_is_caught_at_the_first_validation(noisy_tif, tmp_path, caplog):
     run = TrainingRun(run_dir=tmp_path, data=[str(noisy_tif)], model_config=ModelConfig(**TINY_ARCH),
-                      train_config=TrainConfig(max_steps=10, val_patches=4),
+                      train_config=TrainConfig(max_steps=4, steps_per_epoch=2, val_patches=4,
+                                               batch_size=2),
                       noise_model=GaussianNoiseModel(SIGMA))
-    run.history = [{"val_recon": 5.0}] * 4
-    run._check_collapse({"kl_raw": 0.001})
-    assert run.collapse_warning and "posterior collapse" in caplog.text
-    healthy = TrainingRun(run_dir=tmp_path, data=[str(noisy_tif)], model_config=ModelConfig(**TINY_ARCH),
-                          train_config=TrainConfig(max_steps=10, val_patches=4),
-                          noise_model=GaussianNoiseModel(SIGMA))
-    healthy.history = [{"val_recon": 5.0}] * 4
-    healthy._check_collapse({"kl_raw": 0.3})
-    assert not healthy.collapse_warning
+    _collapsed_validation(run)
+    result = run.run(progress=False)
+    assert result.collapse_warning and "free-bits floor" in caplog.text
+    assert run.history[0]["collapse"] == 1
+
+
+def test_stop_on_collapse_ends_the_run_with_a_clear_error(noisy_tif, tmp_path):
+    run = TrainingRun(run_dir=tmp_path, data=[str(noisy_tif)], model_config=ModelConfig(**TINY_ARCH),
+                      train_config=TrainConfig(max_steps=4, steps_per_epoch=2, val_patches=4,
+                                               batch_size=2, stop_on_collapse=True),
+                      noise_model=GaussianNoiseModel(SIGMA))
+    _collapsed_validation(run)
+    with pytest.raises(TrainingError, match=r"step 2: posterior collapse.*Try: a KL warm-up"):
+        run.run(progress=False)
+    assert run.step == 2  # stopped at the first validation, not at max_steps
 
 
 def test_small_images_are_refused_with_the_file_name(tmp_path):
