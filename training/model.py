@@ -170,6 +170,27 @@ class LadderVAE(nn.Module):
         return self.top_down(self.bottom_up(x), eps)
 
     @torch.no_grad()
+    def sample_prior(
+        self, n: int, height: int, width: int, generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Generation: ``n`` images (n, 1, height, width), normalised units, drawn from the
+        prior top-down: z_top ~ p(z_top), then z_i ~ p(z_i | z_>i) level by level (the
+        reference's generation notebooks). ``height`` and ``width`` must be multiples of
+        2**levels; the learned top prior is broadcast (spatially averaged) at sizes other
+        than the training patch's. ``temperature`` scales every eps.
+        """
+        eps = [temperature * e for e in self.draw_eps(n, height, width, generator)]
+        td: torch.Tensor | None = None
+        like = torch.empty(n, 1, height // self.config.spatial_multiple,
+                           width // self.config.spatial_multiple, device=self.top_prior.device)
+        for i in reversed(range(self.config.n_levels)):
+            level = self.top_down_levels[i]
+            mu, logvar = self._top_prior(like) if level.is_top else level.stochastic.prior(td)
+            td = level.finish(mu + torch.exp(0.5 * logvar) * eps[i], td)
+        return self.output_conv(self.final_top_down(td))
+
+    @torch.no_grad()
     def sample_posterior(
         self, x: torch.Tensor, n_samples: int, generator: torch.Generator | None = None,
         eps: list[torch.Tensor | None] | None = None,
