@@ -145,3 +145,29 @@ def test_resume_from_unknown_checkpoint_version(good_tif, tmp_path):
     result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--max-steps", "4"])
     assert result.exit_code != 0
     assert "last.safetensors" in result.output and "version 99" in result.output
+
+
+def test_preset_then_file_then_flags():
+    merged = merge_settings({"preset": "cpu", "train": {"lr": 5e-4}}, {"batch_size": 8})
+    assert merged["model"]["n_filters"] == 32 and merged["model"]["blocks_per_level"] == 3
+    assert merged["train"]["lr_schedule"] == "cosine"
+    assert merged["train"]["lr"] == 5e-4 and merged["train"]["batch_size"] == 8
+    with pytest.raises(ConfigError, match="unknown preset 'gpu'"):
+        merge_settings({"preset": "gpu"}, {})
+
+
+def test_preset_train_and_fine_tune_with_init(good_tif, tmp_path):
+    first = _invoke(["train", str(good_tif), "-o", str(tmp_path / "a"), "--preset", "cpu",
+                     "--gaussian-sigma", "20", *TINY, "--max-steps", "2"])
+    assert first.exit_code == 0, first.output
+    cfg = load_checkpoint(tmp_path / "a" / "best.safetensors").provenance["train_config"]
+    assert cfg["optimizer"] == "adamax" and cfg["lr_schedule"] == "cosine"
+    tuned = _invoke(["train", str(good_tif), "-o", str(tmp_path / "b"), "--gaussian-sigma", "20",
+                     *TINY, "--max-steps", "2", "--init", str(tmp_path / "a" / "best.safetensors")])
+    assert tuned.exit_code == 0, tuned.output
+    wrong = CliRunner().invoke(main, ["train", str(good_tif), "-o", str(tmp_path / "c"),
+                                      "--gaussian-sigma", "20", *TINY, "--filters", "16",
+                                      "--max-steps", "2", "--init",
+                                      str(tmp_path / "a" / "best.safetensors")])
+    assert wrong.exit_code == 2 and "do not fit this model" in wrong.output
+    _assert_no_results(tmp_path / "c")
