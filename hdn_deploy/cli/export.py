@@ -33,6 +33,6 @@ def export_command(checkpoint, output, tile, overlap, opset, description, poster
     path = package_from_checkpoint(checkpoint, output, opset=opset, tile_size=tile, overlap=overlap,
                                    verify=not no_verify, overwrite=overwrite, description=description,
                                    posterior_logvar_max=posterior_logvar_max)
-    diff = load_package(path).manifest["export"]["verified_max_abs_diff"]
+    diff = load_package(path).manifest.export.verified_max_abs_diff
     check = "not verified" if diff is None else f"verified, max abs diff {diff:.2e}"
     click.echo(f"wrote model package {path} ({check})")
