@@ -13,6 +13,11 @@ class InputError(HDNError, ValueError):
     """An input image or data file cannot be used (names the file and the problem)."""
 
 
+class OutOfRangeError(InputError):
+    """Too many pixels of an input lie outside the intensity range the model was trained
+    and calibrated on (see :mod:`hdn_deploy.range_check`)."""
+
+
 class PackageError(HDNError):
     """A model package or checkpoint is missing, corrupt or of an unknown version."""
 
@@ -23,3 +28,8 @@ class BackendError(HDNError, RuntimeError):
 
 class MissingDependencyError(HDNError, ImportError):
     """An optional dependency (torch, onnx, tensorrt...) is not installed."""
+
+
+class OutOfRangeWarning(UserWarning):
+    """Some pixels of an input lie outside the model's intensity range, or the package
+    stores no range to check against."""
