@@ -8,16 +8,14 @@ from typing import Any
 import click
 
 from ..latents import SamplingMode
+from .heavy import load
 from .main import handle_errors, main
+
 
 def load_reference_module():
     """``hdn_deploy.training.reference`` (the PyTorch reference algorithm; needs torch)."""
-    from .._optional import require
-
-    require("torch", purpose="the PyTorch reference of `hdn-deploy bench --checkpoint`")
-    from ..training import reference
-
-    return reference
+    return load("training.reference",
+                purpose="the PyTorch reference of `hdn-deploy bench --checkpoint`")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
