@@ -17,24 +17,17 @@ Format versions
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import PackageError
+from .options import GraphPrecision
 from .schema import from_json, to_json
 
 FORMAT_NAME = "hdn-deploy-model"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-
-
-class GraphPrecision(str, enum.Enum):
-    """Precision of the arithmetic inside a package's graphs (I/O is always float32)."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
 
 
 @dataclass(frozen=True)

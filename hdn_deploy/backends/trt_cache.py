@@ -16,6 +16,7 @@ optimisation profile, compatibility mode) and TensorRT deserialises it.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
@@ -28,11 +29,12 @@ from typing import Any, Callable
 
 from ..errors import BackendError, ConfigError
 from ..atomic import atomic_write_bytes
+from ..options import Compatibility, EnginePrecision, Graph, values
 from ..package import ModelPackage
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-COMPATIBILITY = ("none", "hardware", "version")
-GRAPHS = ("encoder", "decoder")
+PRECISIONS = values(EnginePrecision)
+COMPATIBILITY = values(Compatibility)
+GRAPHS = values(Graph)
 CACHE_ENV = "HDN_DEPLOY_TRT_CACHE"
 
 Shape = tuple[int, ...]
@@ -109,7 +111,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "hdn-deploy" / "tensorrt"
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+def check_choice(name: str, value: str | enum.Enum, choices: tuple[str, ...]) -> str:
+    """``value`` (a string or an options enum member) as a string of ``choices``."""
+    value = value.value if isinstance(value, enum.Enum) else value
     if value not in choices:
         raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value

@@ -7,8 +7,8 @@ from typing import Any
 import click
 from tqdm.auto import tqdm
 
-from ..backends import BACKENDS
-from ..latents import SamplingMode
+from ..options import BackendName, BlendMode, OutputDtype, SamplingMode, values
+from .aliases import AliasOption
 from .main import handle_errors, main
 
 
@@ -45,22 +45,24 @@ def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
 @click.option("-m", "--model", required=True, type=click.Path(), help="Model package folder.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (created if missing).")
-@click.option("--samples", default=100, show_default=True, help="Posterior samples per image.")
+@click.option("--n-samples", "samples", cls=AliasOption, aliases=("--samples",), default=100,
+              show_default=True, help="Posterior samples per image.")
 @click.option("--seed", default=0, show_default=True, help="Seed of all latent noise.")
 @click.option("--tile", type=int, help="Tile size (default: the package's recommendation).")
 @click.option("--overlap", type=int, help="Tile overlap (default: the package's recommendation).")
-@click.option("--sampling", type=click.Choice([m.value for m in SamplingMode]), default="antithetic",
+@click.option("--sampling", type=click.Choice(values(SamplingMode)), default="antithetic",
               show_default=True, help="antithetic: (eps, -eps) pairs, each a valid posterior "
               "sample, the MMSE converges ~6x faster; mc: independent samples; "
               "mean: one pass with every level at its mean (fast approximation, not a sample).")
 @click.option("--save-std/--no-save-std", default=True, show_default=True,
               help="Write the per-pixel std (uncertainty).")
-@click.option("--save-samples", default=0, show_default=True, help="Also write the first K samples.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--keep-samples", "save_samples", cls=AliasOption, aliases=("--save-samples",),
+              default=0, show_default=True, help="Also write the first K samples.")
+@click.option("--backend", type=click.Choice(values(BackendName)), default="auto", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for the backend.")
 @click.option("--batch-size", default=None, type=int, help="Samples per network call.")
-@click.option("--blend", type=click.Choice(["hann", "constant"]), default="hann", show_default=True)
-@click.option("--output-dtype", type=click.Choice(["float32", "input"]), default="float32",
+@click.option("--blend", type=click.Choice(values(BlendMode)), default="hann", show_default=True)
+@click.option("--output-dtype", type=click.Choice(values(OutputDtype)), default="float32",
               show_default=True, help="'input' casts MMSE and samples back to the input dtype, clipped.")
 @click.option("--allow-out-of-range", is_flag=True,
               help="Denoise even when more than 10 % of an input's pixels lie outside the "

@@ -14,10 +14,11 @@ import numpy as np
 from .._optional import require
 from ..errors import InputError
 from ..io import read_image
+from ..options import NoiseModelKind
 from .heavy import load
 from .main import handle_errors, main
 
-_KINDS = ("gmm", "histogram")
+_KINDS = (NoiseModelKind.GMM.value, NoiseModelKind.HISTOGRAM.value)  # fitted from data
 _SUFFIXES = {"gmm": (".npz",), "histogram": (".npz", ".npy")}
 
 
