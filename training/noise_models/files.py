@@ -49,7 +49,7 @@ def load_noise_model(path: PathLike) -> GMMNoiseModel | HistogramNoiseModel:
 
 def noise_model_from_state(meta: Mapping[str, Any],
                            arrays: Mapping[str, np.ndarray]) -> NoiseModel:
-    """Rebuild a noise model from :meth:`state` output (e.g. read from a checkpoint).
+    """Rebuild a noise model from :meth:`NoiseModel.state` output (e.g. read from a checkpoint).
 
     Parameters
     ----------
