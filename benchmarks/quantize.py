@@ -14,6 +14,7 @@ updated) that ``Denoiser`` loads like any other.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from hdn_deploy._optional import require
 from hdn_deploy.errors import ConfigError
 from hdn_deploy.atomic import staged_folder
 from hdn_deploy.latents import LatentSampler
+from hdn_deploy.manifest import Int8Info, manifest_to_json
 from hdn_deploy.package import MANIFEST_FILE, load_package, sha256_file
 
 __all__ = ["METHODS", "quantized_package"]
@@ -111,14 +113,16 @@ def quantized_package(model: str | Path, output: str | Path, *, method: str = "d
         for item in package.path.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
-        decoder = staging / package.manifest["graphs"]["decoder"]["file"]
+        decoder = staging / package.manifest.graphs.decoder.file
         float_copy = staging / "decoder.float.onnx"
         decoder.rename(float_copy)
         _quantize_decoder(float_copy, decoder, method, package, calibration_image,
                           n_calibration, seed)
         float_copy.unlink()
-        manifest = json.loads((staging / MANIFEST_FILE).read_text())
-        manifest["graphs"]["decoder"]["sha256"] = sha256_file(decoder)
-        manifest.setdefault("export", {})["int8"] = {"method": method, "graphs": ["decoder"]}
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        m = package.manifest
+        manifest = dataclasses.replace(
+            m, graphs=dataclasses.replace(m.graphs, decoder=dataclasses.replace(
+                m.graphs.decoder, sha256=sha256_file(decoder))),
+            export=dataclasses.replace(m.export, int8=Int8Info(method=method, graphs=("decoder",))))
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest_to_json(manifest), indent=2))
     return output

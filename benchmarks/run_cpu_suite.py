@@ -305,7 +305,7 @@ def cold_start(args, workdir: Path, batch_size: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     runtime_json = workdir / "cold_runtime.json"
     cmd = [sys.executable, "-m", "hdn_deploy", "bench", str(args.model), "--size", str(args.size),
-           "--samples", str(args.samples), "--repeats", "1", "--threads", str(args.threads),
+           "--n-samples", str(args.samples), "--repeats", "1", "--threads", str(args.threads),
            "--batch-size", str(batch_size), "-o", str(runtime_json)]
     jobs = [("runtime", cmd, runtime_json)]
     for name, flag in (("reference_grad", []), ("reference_no_grad", ["--no-grad"])):

@@ -12,7 +12,6 @@ import json
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +20,21 @@ from torch import nn
 from hdn_deploy._version import __version__
 from hdn_deploy.errors import ConfigError, PackageError
 from hdn_deploy.atomic import staged_folder
-from hdn_deploy.package import (
-    DECODER_FILE,
-    ENCODER_FILE,
+from hdn_deploy.manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    MANIFEST_FILE,
-    sha256_file,
+    ExportInfo,
+    GraphEntry,
+    Graphs,
+    IntensityRange,
+    LevelInfo,
+    Manifest,
+    Normalization,
+    manifest_to_json,
+    signal_range_of,
 )
+from hdn_deploy.package import DECODER_FILE, ENCODER_FILE, MANIFEST_FILE, sha256_file
+from hdn_deploy.schema import freeze
 
 from ..training.checkpoint import load_checkpoint
 from ..training.model import LadderVAE
@@ -217,48 +223,44 @@ def package_from_checkpoint(
             opset,
         )
         diff = verify_package(staging, model, size=size) if verify else None
-        manifest = _manifest(ckpt, checkpoint, staging, tile=tile, overlap=ovl, opset=opset,
-                             max_abs_diff=diff)
-        manifest["noise_description"] = description
-        manifest["posterior_logvar_max"] = posterior_logvar_max
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        manifest = manifest_for_checkpoint(
+            ckpt, checkpoint, staging, tile=tile, overlap=ovl, opset=opset, max_abs_diff=diff,
+            description=description, posterior_logvar_max=posterior_logvar_max)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest_to_json(manifest), indent=2))
     return output
 
 
-def _manifest(ckpt, checkpoint: Path, staging: Path, *, tile: int, overlap: int, opset: int,
-              max_abs_diff: float | None) -> dict[str, Any]:
+def manifest_for_checkpoint(ckpt, checkpoint: Path, staging: Path, *, tile: int, overlap: int,
+                            opset: int, max_abs_diff: float | None, description: str | None,
+                            posterior_logvar_max: float | None) -> Manifest:
+    """The manifest of the graphs in ``staging`` exported from checkpoint ``ckpt``."""
     cfg = ckpt.model_config
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "normalization": ckpt.normalization.to_dict(),
-        "spatial_multiple": cfg.spatial_multiple,
-        "training_patch_size": cfg.patch_size,
-        "recommended_tile": tile,
-        "recommended_overlap": overlap,
-        "uncond_levels": list(cfg.uncond_levels),
-        "levels": [
-            {
-                "index": i,
-                "channels": z,
-                "downsample": 2 ** (i + 1),
-                "sampled": i not in cfg.uncond_levels,
-            }
+    return Manifest(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        normalization=Normalization(mean=ckpt.normalization.mean, std=ckpt.normalization.std),
+        spatial_multiple=cfg.spatial_multiple,
+        training_patch_size=cfg.patch_size,
+        recommended_tile=tile,
+        recommended_overlap=overlap,
+        levels=tuple(
+            LevelInfo(index=i, channels=z, feature_channels=cfg.n_filters,
+                      downsample=2 ** (i + 1), sampled=i not in cfg.uncond_levels)
             for i, z in enumerate(cfg.z_dims)
-        ],
-        "graphs": {
-            "encoder": {"file": ENCODER_FILE, "sha256": sha256_file(staging / ENCODER_FILE)},
-            "decoder": {"file": DECODER_FILE, "sha256": sha256_file(staging / DECODER_FILE)},
-        },
-        "weights_sha256": sha256_file(checkpoint),
-        "likelihood": ckpt.likelihood,
-        "model_config": cfg.to_dict(),
-        "provenance": ckpt.provenance,
-        "export": {
-            "hdn_deploy_version": __version__,
-            "torch_version": torch.__version__,
-            "opset": opset,
-            "verified_max_abs_diff": max_abs_diff,
-        },
-    }
+        ),
+        graphs=Graphs(**{
+            name: GraphEntry(file=file, sha256=sha256_file(staging / file))
+            for name, file in (("encoder", ENCODER_FILE), ("decoder", DECODER_FILE))
+        }),
+        weights_sha256=sha256_file(checkpoint),
+        intensity_range=IntensityRange(training_data=ckpt.normalization.data_range,
+                                       noise_model=signal_range_of(ckpt.likelihood)),
+        likelihood=freeze(ckpt.likelihood),
+        noise_description=description,
+        posterior_logvar_max=posterior_logvar_max,
+        model_config=freeze(cfg.to_dict()),
+        provenance=freeze(ckpt.provenance),
+        export=ExportInfo(hdn_deploy_version=__version__, torch_version=torch.__version__,
+                          opset=opset, verified_max_abs_diff=max_abs_diff),
+    )

@@ -100,24 +100,31 @@ def fp16_package(package_dir: str | Path, output: str | Path, *, overwrite: bool
 
     The manifest records ``precision: fp16``, the FP32 nodes and the new graph hashes.
     """
+    import dataclasses
     import json
 
-    from hdn_deploy.errors import PackageError
     from hdn_deploy.atomic import staged_folder
+    from hdn_deploy.errors import PackageError
+    from hdn_deploy.manifest import GraphPrecision, Graphs, Precision, manifest_to_json
     from hdn_deploy.package import MANIFEST_FILE, load_package, sha256_file
 
     package = load_package(package_dir)
     output = Path(output)
     if output.exists() and not overwrite:
         raise PackageError(f"{output} exists already; remove it or pass overwrite=True")
+    source = package.manifest.graphs
     with staged_folder(output) as staging:
-        manifest = json.loads(json.dumps(package.manifest))
-        summaries = {}
-        for name, entry in manifest["graphs"].items():
-            summaries[name] = fp16_graph(package.path / entry["file"], staging / entry["file"])
-            entry["sha256"] = sha256_file(staging / entry["file"])
-        manifest["precision"] = {"kind": "fp16", "source_package_graphs":
-                                 {k: v["sha256"] for k, v in package.manifest["graphs"].items()},
-                                 "fp32_nodes": {k: v["fp32_nodes"] for k, v in summaries.items()}}
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        entries, fp32_nodes = {}, {}
+        for name in ("encoder", "decoder"):
+            entry = source.entry(name)
+            summary = fp16_graph(package.path / entry.file, staging / entry.file)
+            fp32_nodes[name] = tuple(summary["fp32_nodes"])
+            entries[name] = dataclasses.replace(entry, sha256=sha256_file(staging / entry.file))
+        manifest = dataclasses.replace(
+            package.manifest, graphs=Graphs(**entries),
+            precision=Precision(kind=GraphPrecision.FP16,
+                                source_package_graphs={"encoder": source.encoder.sha256,
+                                                       "decoder": source.decoder.sha256},
+                                fp32_nodes=fp32_nodes))
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest_to_json(manifest), indent=2))
     return output

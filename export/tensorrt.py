@@ -167,14 +167,15 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, shapes: Shap
 def _source_onnx(package: ModelPackage, graph: str, *, precision: str, major: int,
                  onnx_dir: Path, log: Callable[[str], None]) -> Path:
     """The ONNX to build from: the package's graph, or (TRT >= 11, fp16) an FP16 copy."""
-    source = package.path / package.manifest["graphs"][graph]["file"]
-    packaged = (package.manifest.get("precision") or {}).get("kind", "fp32")
+    source = package.graph_path(graph)
+    packaged = package.manifest.graph_precision.value
     if packaged not in ("fp32", precision):
         raise ConfigError(f"{package.path} is a {packaged} package; build {packaged} engines "
                           f"from it, or {precision} engines from the FP32 package")
     if major < 11 or precision == "fp32" or packaged == precision:
         return source
-    target = onnx_dir / f"{graph}-{package.manifest['graphs'][graph]['sha256'][:16]}-fp16.onnx"
+    sha = package.manifest.graphs.entry(graph).sha256
+    target = onnx_dir / f"{graph}-{sha[:16]}-fp16.onnx"
     if not target.is_file():
         from .precision import fp16_graph
 

@@ -11,6 +11,8 @@ from .errors import (
     HDNError,
     InputError,
     MissingDependencyError,
+    OutOfRangeError,
+    OutOfRangeWarning,
     PackageError,
 )
 
@@ -25,4 +27,6 @@ __all__ = [
     "PackageError",
     "BackendError",
     "MissingDependencyError",
+    "OutOfRangeError",
+    "OutOfRangeWarning",
 ]

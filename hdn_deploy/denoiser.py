@@ -18,6 +18,7 @@ from .backends import Backend, create_backend
 from .errors import ConfigError, InputError
 from .latents import LatentSampler, SamplingMode, _sampling_mode
 from .package import ModelPackage, load_package
+from .range_check import check_intensity_range
 from .stats import RunningMoments
 from .tiling import Tile, Tiler
 
@@ -120,7 +121,13 @@ class Denoiser:
         Keyword options: ``n_samples`` (100), ``seed`` (0), ``tile`` and ``overlap``
         (package defaults), ``sampling`` ("antithetic" (default), "mc" or "mean"), ``keep_samples``
         (0), ``batch_size`` (samples per decoder call, 1), ``blend`` ("hann"), ``timings``
-        (None, or a dict that accumulates seconds per phase; see :meth:`iter_denoise`).
+        (None, or a dict that accumulates seconds per phase; see :meth:`iter_denoise`),
+        ``allow_out_of_range`` (False; see :mod:`hdn_deploy.range_check`).
+
+        Raises OutOfRangeError (an InputError) when more than 10 % of the pixels lie
+        outside the intensity range the model was trained on, unless
+        ``allow_out_of_range=True``; warns (OutOfRangeWarning) above 1 %. The shares are
+        in ``metadata["input_range"]``.
         """
         last = None
         for event in self.iter_denoise(image, **options):
@@ -140,6 +147,7 @@ class Denoiser:
         batch_size: int = DEFAULT_BATCH,
         blend: str = "hann",
         timings: dict[str, float] | None = None,
+        allow_out_of_range: bool = False,
     ) -> Iterator[Progress]:
         """Like :meth:`denoise`, but yields a :class:`Progress` after every tile so callers
         can show progress or stop early; the last event carries the result.
@@ -149,6 +157,8 @@ class Denoiser:
         eps), ``"decode"`` (top-down graph), ``"stats"`` (running moments) and ``"merge"``
         (blending tiles into the image). None (default) measures nothing."""
         array = self._check_image(image)
+        input_range = check_intensity_range(array, self.package.manifest, package=self.package.path,
+                                            allow_out_of_range=allow_out_of_range)
         mode = _sampling_mode(sampling)
         if mode is SamplingMode.MEAN:
             n_samples = 1
@@ -180,6 +190,7 @@ class Denoiser:
         samples = None if kept is None else (kept[:, 0] if squeeze else kept)
         metadata = self._metadata(seed=seed, n_samples=n_samples, mode=mode, tiler=tiler,
                                   batch_size=batch_size, shape=array.shape)
+        metadata["input_range"] = input_range
         yield Progress(total, total, DenoiseResult(
             mmse=mmse[0] if squeeze else mmse, std=std[0] if squeeze else std,
             samples=samples, metadata=metadata))

@@ -13,6 +13,11 @@ class InputError(HDNError, ValueError):
     """An input image or data file cannot be used (names the file and the problem)."""
 
 
+class OutOfRangeError(InputError):
+    """Too many pixels of an input lie outside the intensity range the model was trained
+    and calibrated on (see :mod:`hdn_deploy.range_check`)."""
+
+
 class PackageError(HDNError):
     """A model package or checkpoint is missing, corrupt or of an unknown version."""
 
@@ -27,3 +32,8 @@ class MissingDependencyError(HDNError, ImportError):
 
 class TrainingError(HDNError, RuntimeError):
     """Training stopped on purpose (e.g. a detected posterior collapse with stop_on_collapse)."""
+
+
+class OutOfRangeWarning(UserWarning):
+    """Some pixels of an input lie outside the model's intensity range, or the package
+    stores no range to check against."""

@@ -25,8 +25,8 @@ OVERRIDES = {
     "noise-model": ["--iterations", "5", "--batch-size", "2000", "--quiet"],
     "train": TINY_TRAIN,
     "resume": ["--max-steps", "4", "--quiet"],
-    "denoise": ["--samples", "2", "--quiet"],
-    "bench": ["--size", "64", "--samples", "2", "--repeats", "1", "--ref-samples", "1"],
+    "denoise": ["--n-samples", "2", "--quiet"],
+    "bench": ["--size", "64", "--n-samples", "2", "--repeats", "1", "--ref-samples", "1"],
 }
 
 

@@ -127,7 +127,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             groups["other"][key] = value
     try:
         model_config = ModelConfig.from_dict(header["model_config"])
-        normalization = Normalization(**header["normalization"])
+        normalization = Normalization.from_dict(header["normalization"], path)
     except (KeyError, TypeError) as exc:
         raise PackageError(f"{path}: checkpoint metadata is incomplete ({exc})") from exc
     return Checkpoint(

@@ -3,26 +3,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from hdn_deploy.errors import InputError
 from hdn_deploy.io import expand_inputs, read_image
+from hdn_deploy.manifest import DataRange
+from hdn_deploy.schema import from_json, to_json
+
+RANGE_SAMPLE = 1 << 22  # pixels used for the percentiles (a regular subsample beyond)
 
 
 @dataclass(frozen=True)
 class Normalization:
-    """One scalar mean/std for the whole data set (stored with the model)."""
+    """One scalar mean/std for the whole data set (stored with the model), and the
+    intensity range of the training data (None in checkpoints written before it existed)."""
 
     mean: float
     std: float
+    data_range: DataRange | None = None
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std).astype(np.float32)
 
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "std": self.std}
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "data_range": to_json(self.data_range)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], file: str | Path = "checkpoint") -> "Normalization":
+        """Inverse of :meth:`to_dict`; PackageError naming ``file`` and the bad key."""
+        return from_json(cls, dict(data), file, "normalization")
 
 
 def load_frames(inputs: Sequence[str | Path], patch_size: int) -> tuple[list[np.ndarray], list[str]]:
@@ -51,7 +62,18 @@ def compute_normalization(frames: Sequence[np.ndarray]) -> Normalization:
     var = float(sum(((f - mean) ** 2).sum(dtype=np.float64) for f in frames) / total)
     if not var > 0:
         raise InputError("training data has zero variance (all pixels equal); nothing to learn")
-    return Normalization(mean=mean, std=float(np.sqrt(var)))
+    return Normalization(mean=mean, std=float(np.sqrt(var)), data_range=data_range(frames))
+
+
+def data_range(frames: Sequence[np.ndarray]) -> DataRange:
+    """Extremes and 0.1/99.9 percentiles of all pixels of ``frames`` (input units); the
+    percentiles come from a regular subsample of at most ``RANGE_SAMPLE`` pixels."""
+    total = sum(f.size for f in frames)
+    step = max(1, total // RANGE_SAMPLE)
+    sample = np.concatenate([np.ravel(f)[::step] for f in frames]).astype(np.float64)
+    low, high = np.percentile(sample, [0.1, 99.9])
+    return DataRange(min=float(min(f.min() for f in frames)),
+                     max=float(max(f.max() for f in frames)), p0_1=float(low), p99_9=float(high))
 
 
 def split_frames(

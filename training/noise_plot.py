@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from hdn_deploy.errors import InputError
 
-from .noise_models import PathLike, _pairs, write_atomically
+from .noise_models.base import PathLike, _pairs, write_atomically
 
 __all__ = ["plot_noise_model_fit"]
 

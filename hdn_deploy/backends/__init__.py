@@ -7,15 +7,17 @@ engines with cupy buffers; ``pip install 'hdn-deploy[tensorrt]'``, see ``backend
 from __future__ import annotations
 
 from .._optional import require
-from ..errors import ConfigError
+from ..options import BackendName, parse, values
 from ..package import ModelPackage
 from .base import Backend
 
-BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt", "tensorrt")
+BACKENDS = values(BackendName)
 
 
-def create_backend(name: str, package: ModelPackage, *, threads: int | None = None, **options) -> Backend:
-    """Instantiate the backend ``name`` for ``package``."""
+def create_backend(name: BackendName | str, package: ModelPackage, *, threads: int | None = None,
+                   **options) -> Backend:
+    """Instantiate the backend ``name`` for ``package``; ConfigError for an unknown name."""
+    name = parse(BackendName, name, "backend").value
     if name == "tensorrt":  # imports tensorrt and cupy lazily, in the constructor
         from .tensorrt import TensorRTBackend
 
@@ -25,9 +27,7 @@ def create_backend(name: str, package: ModelPackage, *, threads: int | None = No
     if name == "auto":
         ort = require("onnxruntime", purpose="the onnxruntime backend")
         name = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-    device = {"cpu": "cpu", "cuda": "cuda", "ort-tensorrt": "tensorrt"}.get(name)
-    if device is None:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {list(BACKENDS)}")
+    device = {"cpu": "cpu", "cuda": "cuda", "ort-tensorrt": "tensorrt"}[name]
     return OnnxRuntimeBackend(package, device=device, threads=threads, **options)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from .._optional import require
 from ..errors import BackendError, ConfigError
+from ..options import GraphOptimization, parse
 from ..package import ModelPackage
 from .base import Backend
 
@@ -32,7 +33,6 @@ _PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 class OnnxRuntimeBackend(Backend):
@@ -46,7 +46,7 @@ class OnnxRuntimeBackend(Backend):
         *,
         device: str = "cpu",
         threads: int | None = None,
-        graph_optimization: str = "all",
+        graph_optimization: GraphOptimization | str = "all",
         spin: bool = False,
         trt_fp16: bool = False,
         trt_cache_dir: str | Path | None = None,
@@ -56,8 +56,7 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort
         if device not in _PROVIDERS:
             raise ConfigError(f"unknown device {device!r}; choose one of {sorted(_PROVIDERS)}")
-        if graph_optimization not in _OPT_LEVELS:
-            raise ConfigError(f"graph_optimization must be one of {_OPT_LEVELS}, got {graph_optimization!r}")
+        graph_optimization = parse(GraphOptimization, graph_optimization, "graph_optimization").value
         available = ort.get_available_providers()
         wanted = _PROVIDERS[device]
         if wanted not in available:

@@ -16,6 +16,7 @@ optimisation profile, compatibility mode) and TensorRT deserialises it.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
@@ -26,13 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import BackendError, ConfigError, PackageError
+from ..errors import BackendError, ConfigError
 from ..atomic import atomic_write_bytes
+from ..options import Compatibility, EnginePrecision, Graph, values
 from ..package import ModelPackage
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-COMPATIBILITY = ("none", "hardware", "version")
-GRAPHS = ("encoder", "decoder")
+PRECISIONS = values(EnginePrecision)
+COMPATIBILITY = values(Compatibility)
+GRAPHS = values(Graph)
 CACHE_ENV = "HDN_DEPLOY_TRT_CACHE"
 
 Shape = tuple[int, ...]
@@ -87,14 +89,10 @@ class EngineProfile:
             return {"image": tuple((1, 1, t, t) for t in self.tile)}
         if graph != "decoder":
             raise ConfigError(f"graph must be one of {GRAPHS}, got {graph!r}")
-        filters = (package.manifest.get("model_config") or {}).get("n_filters")
-        if not isinstance(filters, int) or filters < 1:
-            raise PackageError(f"{package.path}: manifest lacks model_config.n_filters (the "
-                               "bottom-up feature channels); re-export the model")
         shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
         for lv in package.sampled_levels:
-            shapes[f"bu_{lv.index}"] = tuple((1, filters, t // lv.downsample, t // lv.downsample)
-                                             for t in self.tile)
+            shapes[f"bu_{lv.index}"] = tuple(
+                (1, lv.feature_channels, t // lv.downsample, t // lv.downsample) for t in self.tile)
         for lv in package.sampled_levels:
             shapes[f"eps_{lv.index}"] = tuple(
                 (n, lv.channels, t // lv.downsample, t // lv.downsample)
@@ -113,7 +111,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "hdn-deploy" / "tensorrt"
 
 
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+def check_choice(name: str, value: str | enum.Enum, choices: tuple[str, ...]) -> str:
+    """``value`` (a string or an options enum member) as a string of ``choices``."""
+    value = value.value if isinstance(value, enum.Enum) else value
     if value not in choices:
         raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
@@ -248,7 +248,7 @@ def package_fields(package: ModelPackage, graph: str, *, gpu: tuple[str, str], t
                    precision: str, profile: EngineProfile, compatibility: str) -> dict[str, Any]:
     """Key fields of ``graph`` of ``package`` (the source ONNX is the package's graph)."""
     check_choice("graph", graph, GRAPHS)
-    return key_fields(onnx_sha256=package.manifest["graphs"][graph]["sha256"], gpu_name=gpu[0],
+    return key_fields(onnx_sha256=package.manifest.graphs.entry(graph).sha256, gpu_name=gpu[0],
                       compute_capability=gpu[1], trt_version=trt_version, precision=precision,
                       profile=profile, compatibility=compatibility)
 

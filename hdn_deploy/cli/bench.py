@@ -7,17 +7,16 @@ from typing import Any
 
 import click
 
-from ..latents import SamplingMode
+from ..options import GraphOptimization, SamplingMode, values
+from .aliases import AliasOption
+from .heavy import load
 from .main import handle_errors, main
+
 
 def load_reference_module():
     """``hdn_deploy.training.reference`` (the PyTorch reference algorithm; needs torch)."""
-    from .._optional import require
-
-    require("torch", purpose="the PyTorch reference of `hdn-deploy bench --checkpoint`")
-    from ..training import reference
-
-    return reference
+    return load("training.reference",
+                purpose="the PyTorch reference of `hdn-deploy bench --checkpoint`")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -58,15 +57,16 @@ def markdown_table(report: dict[str, Any]) -> str:
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="Training checkpoint of MODEL: also time the PyTorch reference (needs torch).")
 @click.option("--size", default=256, show_default=True, help="Side of the square test image.")
-@click.option("--samples", default=20, show_default=True, help="Samples per call.")
+@click.option("--n-samples", "samples", cls=AliasOption, aliases=("--samples",), default=20,
+              show_default=True, help="Samples per call.")
 @click.option("--repeats", default=3, show_default=True, help="Timed calls (after a warm-up).")
 @click.option("--batch-size", default=4, show_default=True, help="Samples per decoder call.")
 @click.option("--threads", type=int, help="CPU threads (runtime and reference).")
 @click.option("--tile", type=int, help="Tile size (default: the package's recommendation).")
 @click.option("--overlap", type=int, help="Tile overlap (default: the package's recommendation).")
-@click.option("--sampling", type=click.Choice([m.value for m in SamplingMode]), default="mc",
+@click.option("--sampling", type=click.Choice(values(SamplingMode)), default="mc",
               show_default=True)
-@click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "all"]),
+@click.option("--graph-optimization", type=click.Choice(values(GraphOptimization)),
               default="all", show_default=True, help="onnxruntime graph optimisation level.")
 @click.option("--ref-samples", default=2, show_default=True,
               help="Reference samples per repeat (with --checkpoint).")

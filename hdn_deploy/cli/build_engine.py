@@ -7,6 +7,7 @@ import click
 
 from .._optional import require
 from ..errors import ConfigError
+from ..options import Compatibility, EnginePrecision, values
 from .main import handle_errors, main
 
 
@@ -23,7 +24,7 @@ def _triple(name: str, text: str) -> tuple[int, int, int]:
 
 @main.command("build-engine")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16",
+@click.option("--precision", type=click.Choice(values(EnginePrecision)), default="fp16",
               show_default=True, help="Engine precision (bf16: TensorRT 10 only).")
 @click.option("--samples", default="1,8,32", show_default=True,
               help="MIN,OPT,MAX samples per decoder call.")
@@ -34,7 +35,7 @@ def _triple(name: str, text: str) -> tuple[int, int, int]:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Engine cache folder [default: $HDN_DEPLOY_TRT_CACHE or "
                    "~/.cache/hdn-deploy/tensorrt].")
-@click.option("--compatibility", type=click.Choice(["none", "hardware", "version"]),
+@click.option("--compatibility", type=click.Choice(values(Compatibility)),
               default="none", show_default=True,
               help="hardware: runs on Ampere and newer GPUs; version: on later TensorRT too.")
 @click.option("--workspace-gib", type=float, help="Builder workspace limit in GiB.")

@@ -5,13 +5,15 @@ from pathlib import Path
 
 import click
 
+from .aliases import AliasOption
 from .main import handle_errors, main
 
 
 @main.command()
 @click.option("-o", "--output", default="demo_output", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
-@click.option("--samples", default=100, show_default=True, help="Posterior samples.")
+@click.option("--n-samples", "samples", cls=AliasOption, aliases=("--samples",), default=100,
+              show_default=True, help="Posterior samples.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", type=int, help="CPU threads (default: all cores).")
 @handle_errors

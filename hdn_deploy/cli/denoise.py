@@ -7,8 +7,8 @@ from typing import Any
 import click
 from tqdm.auto import tqdm
 
-from ..backends import BACKENDS
-from ..latents import SamplingMode
+from ..options import BackendName, BlendMode, OutputDtype, SamplingMode, values
+from .aliases import AliasOption
 from .main import handle_errors, main
 
 
@@ -45,23 +45,28 @@ def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
 @click.option("-m", "--model", required=True, type=click.Path(), help="Model package folder.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (created if missing).")
-@click.option("--samples", default=100, show_default=True, help="Posterior samples per image.")
+@click.option("--n-samples", "samples", cls=AliasOption, aliases=("--samples",), default=100,
+              show_default=True, help="Posterior samples per image.")
 @click.option("--seed", default=0, show_default=True, help="Seed of all latent noise.")
 @click.option("--tile", type=int, help="Tile size (default: the package's recommendation).")
 @click.option("--overlap", type=int, help="Tile overlap (default: the package's recommendation).")
-@click.option("--sampling", type=click.Choice([m.value for m in SamplingMode]), default="antithetic",
+@click.option("--sampling", type=click.Choice(values(SamplingMode)), default="antithetic",
               show_default=True, help="antithetic: (eps, -eps) pairs, each a valid posterior "
               "sample, the MMSE converges ~6x faster; mc: independent samples; "
               "mean: one pass with every level at its mean (fast approximation, not a sample).")
 @click.option("--save-std/--no-save-std", default=True, show_default=True,
               help="Write the per-pixel std (uncertainty).")
-@click.option("--save-samples", default=0, show_default=True, help="Also write the first K samples.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--keep-samples", "save_samples", cls=AliasOption, aliases=("--save-samples",),
+              default=0, show_default=True, help="Also write the first K samples.")
+@click.option("--backend", type=click.Choice(values(BackendName)), default="auto", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for the backend.")
 @click.option("--batch-size", default=None, type=int, help="Samples per network call.")
-@click.option("--blend", type=click.Choice(["hann", "constant"]), default="hann", show_default=True)
-@click.option("--output-dtype", type=click.Choice(["float32", "input"]), default="float32",
+@click.option("--blend", type=click.Choice(values(BlendMode)), default="hann", show_default=True)
+@click.option("--output-dtype", type=click.Choice(values(OutputDtype)), default="float32",
               show_default=True, help="'input' casts MMSE and samples back to the input dtype, clipped.")
+@click.option("--allow-out-of-range", is_flag=True,
+              help="Denoise even when more than 10 % of an input's pixels lie outside the "
+              "intensity range the model was trained on (refused by default; above 1 % warns).")
 @click.option("--overwrite", is_flag=True, help="Recompute outputs that are already complete.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
@@ -73,6 +78,7 @@ def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_si
     """
     from ..denoiser import DEFAULT_BATCH, Denoiser
     from ..io import _writable_folder, cast_to_dtype, expand_inputs, read_image, write_tiff_atomic
+    from ..range_check import about_file
 
     paths = expand_inputs(inputs)
     den = Denoiser(model, backend=backend, threads=threads)
@@ -88,14 +94,16 @@ def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_si
         image = read_image(path)
         tiles_bar = tqdm(unit="tile", disable=quiet, desc=path.name, leave=False)
         result = None
-        for event in den.iter_denoise(
-            image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
-            overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
-            batch_size=batch_size or DEFAULT_BATCH, blend=opts["blend"],
-        ):
-            tiles_bar.total = event.tiles_total
-            tiles_bar.update(event.tiles_done - tiles_bar.n)
-            result = event.result
+        with about_file(path, lambda message: click.echo(message, err=True)):
+            for event in den.iter_denoise(
+                image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
+                overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
+                batch_size=batch_size or DEFAULT_BATCH, blend=opts["blend"],
+                allow_out_of_range=opts["allow_out_of_range"],
+            ):
+                tiles_bar.total = event.tiles_total
+                tiles_bar.update(event.tiles_done - tiles_bar.n)
+                result = event.result
         tiles_bar.close()
         meta = {**result.metadata, "input": str(path), "settings": settings}
         cast = (lambda a: cast_to_dtype(a, image.dtype)) if opts["output_dtype"] == "input" else (lambda a: a)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .._optional import require
+from .heavy import load
 from .main import handle_errors, main
 
 
@@ -25,14 +25,13 @@ from .main import handle_errors, main
 def export_command(checkpoint, output, tile, overlap, opset, description, posterior_logvar_max,
                    no_verify, overwrite):
     """Export CHECKPOINT (a training run's best.safetensors) to a model package."""
-    require("torch", purpose="`hdn-deploy export`", extra="export")
-    require("onnx", purpose="`hdn-deploy export`", extra="export")
-    from ..export import package_from_checkpoint
     from ..package import load_package
 
-    path = package_from_checkpoint(checkpoint, output, opset=opset, tile_size=tile, overlap=overlap,
-                                   verify=not no_verify, overwrite=overwrite, description=description,
-                                   posterior_logvar_max=posterior_logvar_max)
-    diff = load_package(path).manifest["export"]["verified_max_abs_diff"]
+    export = load("export", purpose="`hdn-deploy export`", requires=("torch", "onnx"),
+                  extra="export")
+    path = export.package_from_checkpoint(
+        checkpoint, output, opset=opset, tile_size=tile, overlap=overlap, verify=not no_verify,
+        overwrite=overwrite, description=description, posterior_logvar_max=posterior_logvar_max)
+    diff = load_package(path).manifest.export.verified_max_abs_diff
     check = "not verified" if diff is None else f"verified, max abs diff {diff:.2e}"
     click.echo(f"wrote model package {path} ({check})")

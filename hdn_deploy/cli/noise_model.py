@@ -14,9 +14,11 @@ import numpy as np
 from .._optional import require
 from ..errors import InputError
 from ..io import read_image
+from ..options import NoiseModelKind
+from .heavy import load
 from .main import handle_errors, main
 
-_KINDS = ("gmm", "histogram")
+_KINDS = (NoiseModelKind.GMM.value, NoiseModelKind.HISTOGRAM.value)  # fitted from data
 _SUFFIXES = {"gmm": (".npz",), "histogram": (".npz", ".npy")}
 
 
@@ -79,10 +81,7 @@ def calibrate(stack: Path, **options: Any) -> None:
             f"'{stack}' is a single 2-D image (shape {data.shape}); calibration needs a "
             "stack of frames of a static sample (frames, Y, X), ideally ~100 frames"
         )
-    _ensure_training_deps()
-    from ..training.noise_pairs import calibration_pairs
-
-    signal, observation = calibration_pairs(data, source=f"'{stack}'")
+    signal, observation = _training("noise_pairs").calibration_pairs(data, source=f"'{stack}'")
     _fit_and_write(signal, observation, **options)
 
 
@@ -100,18 +99,16 @@ def bootstrap(noisy: Path, signal_path: Path, **options: Any) -> None:
     _check_output(options["output"], options["kind"], inputs=[noisy, signal_path])
     noisy_data = read_image(noisy).array
     signal_data = read_image(signal_path).array
-    _ensure_training_deps()
-    from ..training.noise_pairs import bootstrap_pairs
-
-    signal, observation = bootstrap_pairs(
+    signal, observation = _training("noise_pairs").bootstrap_pairs(
         noisy_data, signal_data, source=f"'{noisy}'", signal_source=f"'{signal_path}'"
     )
     _fit_and_write(signal, observation, **options)
 
 
-def _ensure_training_deps() -> None:
-    require("torch", purpose="`hdn-deploy noise-model`")
-    require("matplotlib", purpose="plotting the noise-model fit")
+def _training(module: str):
+    """``hdn_deploy.training.<module>``, after checking torch and matplotlib."""
+    return load(f"training.{module}", purpose="`hdn-deploy noise-model`",
+                requires=("torch", "matplotlib"))
 
 
 def _check_output(output: Path, kind: str, *, inputs: list[Path]) -> None:
@@ -145,8 +142,9 @@ def _fit_and_write(signal: np.ndarray, observation: np.ndarray, *, output: Path,
                    n_gaussian: int, n_coeff: int, iterations: int, batch_size: int,
                    min_sigma: float | None, bins: int, seed: int, device: str,
                    threads: int | None, quiet: bool) -> None:
-    from ..training.noise_models import GMMNoiseModel, HistogramNoiseModel
-    from ..training.noise_plot import plot_noise_model_fit
+    noise_models = _training("noise_models")
+    GMMNoiseModel, HistogramNoiseModel = noise_models.GMMNoiseModel, noise_models.HistogramNoiseModel
+    plot_noise_model_fit = _training("noise_plot").plot_noise_model_fit
 
     if threads is not None:
         require("torch", purpose="`hdn-deploy noise-model`").set_num_threads(threads)

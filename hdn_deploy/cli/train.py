@@ -9,6 +9,7 @@ import click
 
 from ..errors import ConfigError, InputError
 from .._optional import require
+from .heavy import load
 from .main import handle_errors, main
 
 # CLI flag -> (section, key) in the config file / dataclasses.
@@ -92,7 +93,8 @@ def _preset(name: str | None) -> dict[str, dict[str, Any]]:
 
 
 def _noise_model(settings: dict[str, Any]):
-    from ..training.noise_models import GaussianNoiseModel, load_noise_model
+    noise_models = load("training.noise_models", purpose="`hdn-deploy train`")
+    GaussianNoiseModel, load_noise_model = noise_models.GaussianNoiseModel, noise_models.load_noise_model
 
     has_nm, has_sigma = settings.get("noise_model"), settings.get("gaussian_sigma")
     if bool(has_nm) == bool(has_sigma):
@@ -159,9 +161,8 @@ def _noise_model(settings: dict[str, Any]):
 @handle_errors
 def train(data, output, config_file, resume, quiet, **flags):
     """Train an HDN model on noisy TIFF images DATA (files, folders, globs)."""
-    require("torch", purpose="`hdn-deploy train`")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from ..training import trainer
+    trainer = load("training.trainer", purpose="`hdn-deploy train`")
 
     if resume is not None:
         overrides = {k: flags[f] for f, k in (("max_steps", "max_steps"), ("max_epochs", "max_epochs"))
@@ -174,7 +175,8 @@ def train(data, output, config_file, resume, quiet, **flags):
             raise InputError("no training data given: pass TIFF files, folders or globs")
         if not settings.get("output"):
             raise ConfigError("no run folder given: pass -o RUN_DIR (or `output` in the config)")
-        from ..training.config import ModelConfig, TrainConfig
+        config = load("training.config", purpose="`hdn-deploy train`")
+        ModelConfig, TrainConfig = config.ModelConfig, config.TrainConfig
 
         result = trainer.train(
             settings["data"], settings["output"],

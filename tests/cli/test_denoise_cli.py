@@ -227,7 +227,7 @@ def test_export_cli(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert "wrote model package" in res.output and "verified" in res.output
     package = load_package(out)
-    assert package.recommended_tile == 64 and package.manifest["noise_description"] == "test"
+    assert package.recommended_tile == 64 and package.manifest.noise_description == "test"
     res = CliRunner().invoke(main, ["export", str(tiny_run / "best.safetensors"), "-o", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output
 

@@ -133,13 +133,13 @@ def test_wrong_output_suffix_is_rejected_before_work(images, tmp_path):
 
 
 def test_missing_torch_gives_an_install_hint(images, tmp_path, monkeypatch):
-    from hdn_deploy.cli import noise_model as cli_module
+    from hdn_deploy.cli import heavy
     from hdn_deploy.errors import MissingDependencyError
 
-    def fake_require(module, *, purpose):
+    def fake_require(module, *, purpose, extra=None):
         raise MissingDependencyError(f"{purpose} needs '{module}': pip install 'hdn-deploy[train]'")
 
-    monkeypatch.setattr(cli_module, "require", fake_require)
+    monkeypatch.setattr(heavy, "require", fake_require)  # the one place training is loaded
     result = _invoke(["calibrate", images / "stack.tif", "-o", tmp_path / "nm.npz", *FAST])
     assert result.exit_code != 0 and "hdn-deploy[train]" in result.output
     assert not (tmp_path / "nm.npz").exists()

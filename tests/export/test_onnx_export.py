@@ -62,17 +62,17 @@ def test_package_layout_and_manifest(tiny_package, tiny_run):
     m = json.loads((tiny_package / MANIFEST_FILE).read_text())
     expected_keys = {"format", "format_version", "created", "normalization", "spatial_multiple",
                      "training_patch_size", "recommended_tile", "recommended_overlap",
-                     "uncond_levels", "levels", "graphs", "weights_sha256", "likelihood",
+                     "levels", "graphs", "weights_sha256", "likelihood", "intensity_range",
                      "model_config", "provenance", "export", "noise_description",
-                     "posterior_logvar_max"}
+                     "posterior_logvar_max", "precision"}
     assert set(m) == expected_keys
     assert (m["format"], m["format_version"]) == (FORMAT_NAME, FORMAT_VERSION)
     assert set(m["normalization"]) == {"mean", "std"} and m["normalization"]["std"] > 0
     assert m["spatial_multiple"] == 8 and m["training_patch_size"] == 32
     assert (m["recommended_tile"], m["recommended_overlap"]) == (64, 16)
-    assert m["uncond_levels"] == []
-    assert m["levels"] == [{"index": i, "channels": 4, "downsample": 2 ** (i + 1), "sampled": True}
-                           for i in range(3)]
+    assert m["precision"] is None  # an FP32 package
+    assert m["levels"] == [{"index": i, "channels": 4, "feature_channels": 8,
+                            "downsample": 2 ** (i + 1), "sampled": True} for i in range(3)]
     for name, file in (("encoder", ENCODER_FILE), ("decoder", DECODER_FILE)):
         assert m["graphs"][name] == {"file": file, "sha256": sha256_file(tiny_package / file)}
     assert m["weights_sha256"] == sha256_file(tiny_run / "best.safetensors")
@@ -127,7 +127,7 @@ def test_export_refuses_existing_output(tiny_run, tmp_path):
         package_from_checkpoint(tiny_run / "best.safetensors", out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     package_from_checkpoint(tiny_run / "best.safetensors", out, overwrite=True, verify=False)
-    assert load_package(out).manifest["export"]["verified_max_abs_diff"] is None
+    assert load_package(out).manifest.export.verified_max_abs_diff is None
     assert not (out / "keep.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
 
@@ -153,9 +153,9 @@ def test_structured_model_exports_without_level_0_inputs(data_dir, tmp_path):
     assert [i.name for i in decoder.graph.input] == ["bu_1", "bu_2", "eps_1", "eps_2"]
     assert [o.name for o in encoder.graph.output] == ["bu_1", "bu_2"]
     package = load_package(pkg)
-    assert package.manifest["uncond_levels"] == [0]
+    assert package.manifest.uncond_levels == (0,)
     assert [lv.index for lv in package.sampled_levels] == [1, 2]
-    assert package.manifest["export"]["verified_max_abs_diff"] <= 1e-4
+    assert package.manifest.export.verified_max_abs_diff <= 1e-4
 
     # parity on a non-square input: level 0 runs at its posterior mean in both
     model = load_checkpoint(tmp_path / "run" / "best.safetensors").build_model()
@@ -188,7 +188,7 @@ def test_posterior_logvar_clamp_keeps_a_blown_up_model_finite(tiny_run, tmp_path
         # unclamped, the huge values differ between onnxruntime and torch beyond 1e-4 (absolute)
         pkg = package_from_checkpoint(blown, tmp_path / f"pkg_{clamp}", posterior_logvar_max=clamp,
                                       verify=clamp is not None)
-        assert load_package(pkg).manifest["posterior_logvar_max"] == clamp
+        assert load_package(pkg).manifest.posterior_logvar_max == clamp
         image = np.full((32, 32), 100.0, np.float32)
         spreads[clamp] = float(Denoiser(pkg, backend="cpu").denoise(image, n_samples=4).std.mean())
     assert spreads[4.0] < spreads[None] / 5, spreads

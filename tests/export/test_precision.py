@@ -34,7 +34,7 @@ def test_reparameterisation_islands_cover_every_sampled_level(tiny_package):
 
 def test_fp16_package_keeps_fp32_io_and_stays_close(fp16_pkg, tiny_package):
     package = load_package(fp16_pkg)
-    assert package.manifest["precision"]["kind"] == "fp16"
+    assert package.manifest.graph_precision.value == "fp16"
     decoder = onnx.load(str(package.decoder_path))
     fp16 = onnx.TensorProto.FLOAT16
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in decoder.graph.input)

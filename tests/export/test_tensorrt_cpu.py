@@ -271,7 +271,7 @@ def test_profile_shapes_follow_the_manifest(tiny_package):
     dec = TINY_PROFILE.input_shapes(package, "decoder")
     assert set(dec) == {f"{k}_{lv.index}" for k in ("bu", "eps") for lv in levels}
     for lv in levels:
-        d, filters = lv.downsample, package.manifest["model_config"]["n_filters"]
+        d, filters = lv.downsample, lv.feature_channels
         assert dec[f"bu_{lv.index}"] == tuple((1, filters, t // d, t // d) for t in (16, 32, 64))
         assert dec[f"eps_{lv.index}"] == tuple((n, lv.channels, t // d, t // d)
                                                for n, t in ((1, 16), (2, 32), (3, 64)))
@@ -385,7 +385,7 @@ def test_backend_binds_runs_and_splits_batches(tiny_package, tmp_path, cuda_grap
     rng = np.random.default_rng(0)
     image = rng.standard_normal((1, 1, 32, 48), dtype=np.float32)
     features = backend.encode(image)
-    channels = {f"bu_{lv.index}": (package.manifest["model_config"]["n_filters"], lv.downsample)
+    channels = {f"bu_{lv.index}": (lv.feature_channels, lv.downsample)
                 for lv in package.sampled_levels}
     expected = _encoder_math(image, channels)
     for name, got in zip(expected, features):
@@ -433,8 +433,8 @@ class NumpyFakeModel(Backend):
     """The fake engines' arithmetic as a plain backend: what the Denoiser should see."""
 
     def _encode(self, image):
-        f = self.package.manifest["model_config"]["n_filters"]
-        channels = {f"bu_{lv.index}": (f, lv.downsample) for lv in self.package.sampled_levels}
+        channels = {f"bu_{lv.index}": (lv.feature_channels, lv.downsample)
+                    for lv in self.package.sampled_levels}
         return list(_encoder_math(image, channels).values())
 
     def _decode(self, features, eps):

@@ -14,7 +14,7 @@ from hdn_deploy.package import load_package
 
 def test_bundled_model_and_sample_are_installed():
     package = load_package(bundled_path(DEFAULT_MODEL))
-    assert "Poisson-Gaussian" in package.manifest["noise_description"]
+    assert "Poisson-Gaussian" in package.manifest.noise_description
     size = sum(p.stat().st_size for p in package.path.iterdir())
     assert size < 20 * 2**20
     noisy = read_image(bundled_path(SAMPLE_NOISY)).array

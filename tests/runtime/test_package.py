@@ -28,11 +28,11 @@ def test_loads_and_summarises(tiny_package):
     summary = package.summary()
     json.dumps(summary)  # printable as JSON by `hdn-deploy info --json`
     assert summary["path"] == str(tiny_package)
-    assert summary["model_sha256"] == package.model_hash == package.manifest["weights_sha256"]
+    assert summary["model_sha256"] == package.model_hash == package.manifest.weights_sha256
     assert summary["levels"] == 3 and summary["latent_channels"] == [4, 4, 4]
     assert summary["spatial_multiple"] == 8 and summary["uncond_levels"] == []
     assert (summary["recommended_tile"], summary["recommended_overlap"]) == (64, 16)
-    assert summary["format_version"] == 1
+    assert summary["format_version"] == 2 and summary["precision"] == "fp32"
     assert summary["likelihood"]["kind"] == "gaussian"
     assert [lv.index for lv in package.sampled_levels] == [0, 1, 2]
 
@@ -64,30 +64,34 @@ def test_not_a_model_manifest(package_copy, content):
 
 def test_unknown_format_version(package_copy):
     _edit_manifest(package_copy, lambda m: m.update(format_version=99))
-    with pytest.raises(PackageError, match=r"format version 99 is not supported.*reads version 1"):
+    with pytest.raises(PackageError, match=r"format version 99 is not supported.*reads versions 1, 2"):
         load_package(package_copy)
 
 
 def test_missing_key(package_copy):
     _edit_manifest(package_copy, lambda m: m.pop("levels"))
-    with pytest.raises(PackageError, match=r"lacks keys \['levels'\]"):
+    with pytest.raises(PackageError, match=r"manifest.json: missing key at key 'levels'"):
         load_package(package_copy)
 
 
 @pytest.mark.parametrize("edit, what", [
     (lambda m: m["graphs"].pop("decoder"), "graphs.decoder"),
     (lambda m: m["graphs"]["encoder"].pop("sha256"), "graphs.encoder"),
-    (lambda m: m.update(graphs=[]), "graphs.encoder"),
-    (lambda m: m["levels"][0].update(extra=1), "levels"),
-    (lambda m: m.update(levels=[]), "levels"),
-    (lambda m: m["normalization"].update(std=0), "normalization"),
-    (lambda m: m["normalization"].pop("mean"), "normalization"),
+    (lambda m: m.update(graphs=[]), "expected an object, got an array at key 'graphs'"),
+    (lambda m: m["levels"][0].update(extra=1), r"unknown key 'extra'.*at key 'levels\[0\].extra'"),
+    (lambda m: m.update(levels=[]), "levels must be a non-empty list"),
+    (lambda m: m["levels"][1].update(channels="4"), r"expected an int, got a string '4' at key 'levels\[1\].channels'"),
+    (lambda m: m["normalization"].update(std=0), "normalization.std must be > 0"),
+    (lambda m: m["normalization"].pop("mean"), "normalization.mean"),
     (lambda m: m.update(normalization="z-score"), "normalization"),
+    (lambda m: m.update(precision={"kind": "int4", "source_package_graphs": {}, "fp32_nodes": {}}),
+     r"'int4' is not one of \['fp32', 'fp16'\] at key 'precision.kind'"),
 ])
 def test_malformed_entries(package_copy, edit, what):
     _edit_manifest(package_copy, edit)
-    with pytest.raises(PackageError, match=what):
+    with pytest.raises(PackageError, match=what) as err:
         load_package(package_copy)
+    assert str(package_copy / MANIFEST_FILE) in str(err.value)
 
 
 def test_missing_graph_file(package_copy):

@@ -68,3 +68,40 @@ def test_truncated_file_is_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(PackageError, match="not found"):
         load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def _rewrite_header(path, edit) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["hdn"])
+    edit(header)
+    save_file(load_file(str(path)), str(path), metadata={"hdn": json.dumps(header)})
+
+
+def test_data_range_round_trips_and_old_checkpoints_have_none(tmp_path):
+    import numpy as np
+
+    from hdn_deploy.training.data import compute_normalization
+
+    frames = [np.arange(10_000, dtype=np.float32).reshape(100, 100)]
+    norm = compute_normalization(frames)
+    rng = norm.data_range
+    assert (rng.min, rng.max) == (0.0, 9999.0)
+    assert rng.p0_1 == pytest.approx(9.999) and rng.p99_9 == pytest.approx(9989.001)
+    ckpt = _ckpt()
+    ckpt.normalization = norm
+    path = save_checkpoint(tmp_path / "c.safetensors", ckpt)
+    assert load_checkpoint(path).normalization == norm
+    # a checkpoint written before the range existed: mean and std only
+    _rewrite_header(path, lambda h: h["normalization"].pop("data_range"))
+    old = load_checkpoint(path).normalization
+    assert (old.mean, old.std, old.data_range) == (norm.mean, norm.std, None)
+
+
+def test_malformed_normalization_names_the_file_and_key(tmp_path):
+    path = save_checkpoint(tmp_path / "c.safetensors", _ckpt())
+    _rewrite_header(path, lambda h: h["normalization"].update(std="two"))
+    with pytest.raises(PackageError, match=r"c.safetensors: expected a finite number.*'normalization.std'"):
+        load_checkpoint(path)

@@ -1,0 +1,226 @@
+"""The model-package manifest (``manifest.json``): one typed, frozen schema.
+
+Export writes a :class:`Manifest` with :func:`manifest_to_json`; the runtime reads it with
+:func:`manifest_from_json`, which rejects unknown keys, missing keys and wrongly typed
+values with a :class:`~hdn_deploy.errors.PackageError` naming the file and the key.
+
+Format versions
+---------------
+2 (written now)
+    adds ``levels[].feature_channels`` (channels of the bottom-up input ``bu_<i>``) and
+    ``intensity_range`` (what the model was trained and calibrated on); drops
+    ``uncond_levels`` (it is ``levels[].sampled``).
+1 (read)
+    upgraded on load: ``feature_channels`` from ``model_config.n_filters``,
+    ``intensity_range.noise_model`` from the likelihood (GMM ``min_signal``/``max_signal``,
+    histogram ``min_value``/``max_value``), no training-data range.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import PackageError
+from .options import GraphPrecision
+from .schema import from_json, to_json
+
+FORMAT_NAME = "hdn-deploy-model"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """x_norm = (x - mean) / std, in the input's intensity units; std > 0."""
+
+    mean: float
+    std: float
+
+    def __post_init__(self) -> None:
+        if not self.std > 0:
+            raise ValueError(f"normalization.std must be > 0, got {self.std}")
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One ONNX graph file of the package and its sha256 (64 hex digits)."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Graphs:
+    encoder: GraphEntry
+    decoder: GraphEntry
+
+    def entry(self, name: str) -> GraphEntry:
+        """The entry of graph ``name`` ('encoder' or 'decoder'); PackageError otherwise."""
+        if name not in ("encoder", "decoder"):
+            raise PackageError(f"unknown graph {name!r}; expected 'encoder' or 'decoder'")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    """One latent level. ``downsample`` = 2**(index+1); latents and ``bu_<index>`` are
+    (H/downsample, W/downsample) with ``channels`` and ``feature_channels`` channels."""
+
+    index: int
+    channels: int
+    feature_channels: int
+    downsample: int
+    sampled: bool
+
+
+@dataclass(frozen=True)
+class DataRange:
+    """Intensities of the training data (input units): extremes and 0.1/99.9 percentiles."""
+
+    min: float
+    max: float
+    p0_1: float
+    p99_9: float
+
+
+@dataclass(frozen=True)
+class SignalRange:
+    """Signal range the noise model was calibrated on (input units)."""
+
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class IntensityRange:
+    """What the model has seen; either part may be unknown (null)."""
+
+    training_data: DataRange | None = None
+    noise_model: SignalRange | None = None
+
+
+@dataclass(frozen=True)
+class Int8Info:
+    """Set by ``benchmarks/quantize.py`` on INT8 copies of a package."""
+
+    method: str
+    graphs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    hdn_deploy_version: str
+    torch_version: str
+    opset: int
+    verified_max_abs_diff: float | None = None
+    int8: Int8Info | None = None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Set by :func:`hdn_deploy.export.precision.fp16_package` on FP16 copies."""
+
+    kind: GraphPrecision
+    source_package_graphs: Mapping[str, str]
+    fp32_nodes: Mapping[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A package's manifest. ``likelihood``, ``model_config`` and ``provenance`` are
+    free-form records of training (read-only mappings), not read by the runtime."""
+
+    format: str
+    format_version: int
+    normalization: Normalization
+    spatial_multiple: int
+    recommended_tile: int
+    recommended_overlap: int
+    levels: tuple[LevelInfo, ...]
+    graphs: Graphs
+    weights_sha256: str
+    export: ExportInfo
+    intensity_range: IntensityRange = IntensityRange()
+    created: str | None = None
+    training_patch_size: int | None = None
+    noise_description: str | None = None
+    posterior_logvar_max: float | None = None
+    precision: Precision | None = None
+    likelihood: Any = None
+    model_config: Any = None
+    provenance: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.levels or not any(lv.sampled for lv in self.levels):
+            raise ValueError("levels must be a non-empty list with at least one sampled level")
+        if [lv.index for lv in self.levels] != list(range(len(self.levels))):
+            raise ValueError("levels[].index must be 0, 1, 2, ... in order")
+
+    @property
+    def sampled_levels(self) -> tuple[LevelInfo, ...]:
+        return tuple(lv for lv in self.levels if lv.sampled)
+
+    @property
+    def uncond_levels(self) -> tuple[int, ...]:
+        return tuple(lv.index for lv in self.levels if not lv.sampled)
+
+    @property
+    def graph_precision(self) -> GraphPrecision:
+        return self.precision.kind if self.precision else GraphPrecision.FP32
+
+
+def signal_range_of(likelihood: Mapping[str, Any] | None) -> SignalRange | None:
+    """The calibrated signal range of a noise-model description (``likelihood`` of a
+    checkpoint or manifest): GMM min/max_signal, histogram min/max_value; else None."""
+    if not isinstance(likelihood, Mapping):
+        return None
+    keys = {"gmm": ("min_signal", "max_signal"), "histogram": ("min_value", "max_value")}
+    pair = keys.get(likelihood.get("kind"))
+    if pair is None or not all(isinstance(likelihood.get(k), (int, float)) for k in pair):
+        return None
+    return SignalRange(min=float(likelihood[pair[0]]), max=float(likelihood[pair[1]]))
+
+
+def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
+    """Plain JSON of ``manifest`` (``json.dumps``-able; round-trips through the reader)."""
+    return to_json(manifest)
+
+
+def manifest_from_json(data: Any, file: str | Path) -> Manifest:
+    """Validate parsed ``manifest.json`` content (version 1 or 2) and return a Manifest.
+
+    Raises
+    ------
+    PackageError
+        Not an hdn-deploy manifest, unsupported version, unknown / missing / mistyped key
+        (the message names ``file`` and the key).
+    """
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise PackageError(f"{file}: not an hdn-deploy model manifest")
+    version = data.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise PackageError(
+            f"{file}: package format version {version!r} is not supported (this hdn-deploy "
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-export the model "
+            "with a matching hdn-deploy or upgrade hdn-deploy")
+    if version == 1:
+        data = _upgrade_v1(data, file)
+    return from_json(Manifest, data, file)
+
+
+def _upgrade_v1(data: dict[str, Any], file: str | Path) -> dict[str, Any]:
+    """Version-1 content as version 2 (see the module docstring)."""
+    data = dict(data, format_version=2)
+    data.pop("uncond_levels", None)
+    levels = data.get("levels")
+    if isinstance(levels, list) and all(isinstance(lv, dict) for lv in levels):
+        filters = (data.get("model_config") or {}).get("n_filters")
+        if not isinstance(filters, int):
+            raise PackageError(f"{file}: version-1 manifest lacks model_config.n_filters (the "
+                               "bottom-up feature channels); re-export the model")
+        data["levels"] = [{**lv, "feature_channels": filters} for lv in levels]
+    noise = signal_range_of(data.get("likelihood"))
+    data["intensity_range"] = {"training_data": None,
+                               "noise_model": None if noise is None else to_json(noise)}
+    return data
