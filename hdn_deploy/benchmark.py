@@ -29,7 +29,6 @@ from .errors import ConfigError, InputError
 from .latents import LatentSampler, SamplingMode
 from .metrics import psnr
 from .package import load_package
-from .tiling import Tiler
 
 __all__ = [
     "psnr",
@@ -298,7 +297,7 @@ def bench_runtime(
         image = synthetic_image(size, mean=package.mean, std=package.std, seed=seed)
     options = dict(seed=seed, batch_size=batch_size, tile=tile, overlap=overlap,
                    sampling=sampling)
-    denoiser.denoise(image, n_samples=min(batch_size, n_samples), **options)  # warm-up
+    warm = denoiser.denoise(image, n_samples=min(batch_size, n_samples), **options)  # warm-up
     t3 = time.perf_counter()
     run = time_denoise(denoiser, image, n_samples=n_samples, repeats=repeats, **options)
     effective_n = 1 if SamplingMode(sampling) is SamplingMode.MEAN else n_samples
@@ -308,6 +307,7 @@ def bench_runtime(
                      "batch_size": batch_size, "threads": threads, "repeats": repeats,
                      "tile": tile or package.recommended_tile,
                      "overlap": package.recommended_overlap if overlap is None else overlap,
+                     "margin": warm.metadata["margin"],
                      "sampling": SamplingMode(sampling).value,
                      "graph_optimization": graph_optimization, "seed": seed},
         "backend": denoiser.backend.describe(),
@@ -353,21 +353,21 @@ def encoder_reuse(denoiser: Denoiser, image: np.ndarray, *, n_samples: int = 8,
     h, w = x.shape[2:]
     eps = [sampler.tile_eps([i], levels, 0, 0, h, w) for i in range(n_samples)]
     backend = denoiser.backend
-    backend.decode(backend.encode(x), eps[0])  # warm-up
+    backend.decode_samples(backend.encode(x), eps[0])  # warm-up
     once, per_sample, enc, dec = [], [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
         features = backend.encode(x)
         mid = time.perf_counter()
         for e in eps:
-            backend.decode(features, e)
+            backend.decode_samples(features, e)
         end = time.perf_counter()
         once.append((end - start) / n_samples)
         enc.append(mid - start)
         dec.append((end - mid) / n_samples)
         start = time.perf_counter()
         for e in eps:
-            backend.decode(backend.encode(x), e)
+            backend.decode_samples(backend.encode(x), e)
         per_sample.append((time.perf_counter() - start) / n_samples)
     return {
         "image_shape": [int(h), int(w)], "n_samples": n_samples, "repeats": repeats,
@@ -392,45 +392,27 @@ def running_mmse(
 ) -> dict[int, np.ndarray]:
     """MMSE of the first N samples for every N in ``checkpoints``, from one run.
 
-    Draws ``max(checkpoints)`` samples per tile with the same latents, tiling and
-    blending as :meth:`Denoiser.denoise` (so ``result[N]`` equals
-    ``denoiser.denoise(image, n_samples=N, seed=seed, ...).mmse`` up to float rounding),
-    keeping only one running sum per tile and one merged image per checkpoint.
+    One :meth:`Denoiser.denoise` call with ``n_samples = max(checkpoints)`` and
+    ``checkpoints``: ``result[N]`` equals ``denoiser.denoise(image, n_samples=N,
+    seed=seed, ...).mmse`` bit for bit (seeded latents, per-sample moments).
 
     Returns
     -------
     dict
-        ``{N: float32 MMSE image in raw units}``.
+        ``{N: float32 MMSE image in raw units}`` (the image's shape; stacks allowed).
+
+    Raises
+    ------
+    ConfigError
+        If a checkpoint is below 1 (or the options are invalid).
     """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 2:
-        raise InputError(f"running_mmse takes a 2D image, got shape {image.shape}")
     marks = sorted({int(n) for n in checkpoints})
-    if not marks or marks[0] < 1 or batch_size < 1:
-        raise ConfigError(f"checkpoints must be >= 1 and batch_size >= 1, got {marks}, {batch_size}")
-    package, backend = denoiser.package, denoiser.backend
-    tiler = Tiler(tile or package.recommended_tile,
-                  package.recommended_overlap if overlap is None else overlap,
-                  multiple=package.spatial_multiple, blend=blend)
-    plan = tiler.plan(image.shape)
-    mergers = {n: tiler.merger(plan) for n in marks}
-    sampler = LatentSampler(seed, mode=sampling)
-    levels = [(lv.index, lv.channels) for lv in package.sampled_levels]
-    normalised = ((image - package.mean) / package.std).astype(np.float32)
-    for t, patch in tiler.iter_tiles(normalised, plan):
-        features = backend.encode(patch[None, None])
-        total = np.zeros(patch.shape, dtype=np.float64)
-        done = 0
-        for n in marks:
-            while done < n:
-                stop = min(done + batch_size, n)
-                eps = sampler.tile_eps(range(done, stop), levels, t.y0, t.x0, t.height, t.width)
-                total += backend.decode(features, eps)[:, 0].sum(axis=0, dtype=np.float64)
-                done = stop
-            mean = total / n
-            mergers[n].add(t, mean, mean * mean)
-    return {n: merger.finalize()[0] * np.float32(package.std) + np.float32(package.mean)
-            for n, merger in mergers.items()}
+    if not marks or marks[0] < 1:
+        raise ConfigError(f"checkpoints must be >= 1, got {marks}")
+    result = denoiser.denoise(image, n_samples=marks[-1], seed=seed, sampling=sampling,
+                              batch_size=batch_size, tile=tile, overlap=overlap, blend=blend,
+                              checkpoints=marks)
+    return dict(result.checkpoints)
 
 
 def _seed_curve(means: dict[int, np.ndarray], grid: list[int], clean: np.ndarray,

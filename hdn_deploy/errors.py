@@ -23,3 +23,7 @@ class BackendError(HDNError, RuntimeError):
 
 class MissingDependencyError(HDNError, ImportError):
     """An optional dependency (torch, onnx, tensorrt...) is not installed."""
+
+
+class HDNWarning(UserWarning):
+    """Base class of every warning hdn-deploy emits (the CLI prints them as one line)."""
