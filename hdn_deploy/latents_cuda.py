@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from ._optional import require
 from .latents import LatentSampler, SamplingMode
 
-__all__ = ["CUDA_SOURCE", "DeviceLatentSampler"]
+__all__ = ["CUDA_SOURCE", "DeviceLatents"]
 
 #: Device functions shared by the kernel and the CPU check (plain C99 apart from the
 #: ``HDN_DEVICE`` qualifier, defined as ``__device__ __forceinline__`` for CUDA).
@@ -65,19 +65,19 @@ _OPERATION = """
 """
 
 
-class DeviceLatentSampler:
-    """:class:`~hdn_deploy.latents.LatentSampler` on the GPU (CuPy arrays out).
+class DeviceLatents:
+    """The latent contract's eps computed on the GPU (CuPy arrays out).
 
     Parameters
     ----------
-    sampler : LatentSampler
-        Seed and sampling mode (the same contract; validation is shared).
     cupy : module, optional
         The cupy module (default: imported; MissingDependencyError when absent).
+
+    The kernel is compiled once per process (CuPy caches it); one instance serves any
+    number of samplers, tiles and threads.
     """
 
-    def __init__(self, sampler: LatentSampler, *, cupy: Any = None) -> None:
-        self.sampler = sampler
+    def __init__(self, *, cupy: Any = None) -> None:
         self._cp = cupy or require("cupy", purpose="device latents", extra="tensorrt")
         self._kernel = self._cp.ElementwiseKernel(
             "uint32 k0, uint32 k1, raw uint32 streams, raw float32 signs, uint32 level_word, "
@@ -85,11 +85,12 @@ class DeviceLatentSampler:
             "float32 eps", _OPERATION, "hdn_latent_eps",
             preamble="#define HDN_DEVICE __device__ __forceinline__\n" + CUDA_SOURCE)
 
-    def tile_eps(self, sample_indices: Sequence[int], levels: Sequence[tuple[int, int]],
-                 y0: int, x0: int, height: int, width: int) -> list[Any]:
-        """As :meth:`LatentSampler.tile_eps`, but C-contiguous float32 cupy arrays computed
-        on the current device and stream."""
-        cp, sampler = self._cp, self.sampler
+    def tile_eps(self, sampler: LatentSampler, sample_indices: Sequence[int],
+                 levels: Sequence[tuple[int, int]], y0: int, x0: int, height: int,
+                 width: int) -> list[Any]:
+        """As ``sampler.tile_eps(...)`` (same arguments, same checks and ConfigErrors), but
+        C-contiguous float32 cupy arrays computed on the current device and stream."""
+        cp = self._cp
         samples, specs = sampler.validate(sample_indices, levels, y0, x0, height, width)
         pairs = [sampler.stream_of(s) for s in samples]
         streams = cp.asarray([p[0] for p in pairs], dtype=cp.uint32)

@@ -70,6 +70,10 @@ class Features:
     height: int
     width: int
 
+    def to_host(self) -> list[np.ndarray]:
+        """Copies of the features as numpy arrays ``(1, C, H / 2**(l+1), W / 2**(l+1))``."""
+        return [self.owner._to_host(a) for a in self.arrays]
+
 
 def timed(timings: dict[str, float] | None, phase: str, func, *args):
     """Call ``func(*args)``; when ``timings`` is a dict, add the seconds spent to ``phase``."""

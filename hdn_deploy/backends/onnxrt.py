@@ -125,6 +125,10 @@ class OnnxRuntimeBackend(Backend):
         self._encoder.run_with_iobinding(binding)
         return binding.get_outputs()
 
+    def _to_host(self, array) -> np.ndarray:
+        """numpy copy of an OrtValue (features) or of a numpy array (samples)."""
+        return array.numpy() if isinstance(array, self._ort.OrtValue) else np.array(array)
+
     def _decode(self, features: list, eps: list[np.ndarray]) -> np.ndarray:
         binding = self._decoder.io_binding()
         for name, value in zip(self._bu_names, features):

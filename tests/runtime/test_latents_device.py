@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from hdn_deploy.latents import LatentSampler
-from hdn_deploy.latents_cuda import CUDA_SOURCE, DeviceLatentSampler
+from hdn_deploy.latents_cuda import CUDA_SOURCE, DeviceLatents
 from hdn_deploy.philox import philox4x32
 
 LEVELS = [(0, 3), (1, 2), (2, 4)]
@@ -109,11 +109,11 @@ def test_cupy_kernel_matches_the_oracle(mode):
     import cupy
 
     sampler = LatentSampler(12345678901234567, mode=mode)
-    device = DeviceLatentSampler(sampler)
+    device = DeviceLatents()
     args = ([0, 1, 5, 2**32 - 1], LEVELS, 64, 40, 64, 72)
-    for a, b in zip(device.tile_eps(*args), sampler.tile_eps(*args)):
+    for a, b in zip(device.tile_eps(sampler, *args), sampler.tile_eps(*args)):
         assert isinstance(a, cupy.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
         np.testing.assert_allclose(cupy.asnumpy(a), b, rtol=0, atol=1e-5)
-    again = device.tile_eps(*args)  # same device: same bytes
+    again = device.tile_eps(sampler, *args)  # same device: same bytes
     assert all(cupy.asnumpy(x).tobytes() == cupy.asnumpy(y).tobytes()
-               for x, y in zip(again, device.tile_eps(*args)))
+               for x, y in zip(again, device.tile_eps(sampler, *args)))
