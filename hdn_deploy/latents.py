@@ -57,7 +57,7 @@ _MAX_U64 = 2**64
 _MAX_SAMPLE = 2**32
 _MAX_LEVEL = 64
 _MAX_CHANNELS = 2**24
-_CHUNK = 1 << 15  # Philox counters per vectorised pass (keeps the work arrays in cache)
+_CHUNK = 1 << 14  # Philox counters per vectorised pass (keeps the work arrays in cache)
 
 
 class SamplingMode(str, enum.Enum):
