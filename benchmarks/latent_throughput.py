@@ -2,8 +2,9 @@
 
 Reports, as medians over ``--repeats``: normal values per second and milliseconds per
 sample for one tile of ``--tile`` px with the levels of a model package (default: the
-bundled model: 6 levels x 32 channels), for 1 and ``--workers`` threads, and the share
-of latents in a CPU denoise of one tile (``--denoise``: times ``Denoiser`` phases).
+bundled model: 6 levels x 32 channels), one sample per call and one thread (as the
+Denoiser draws them with its default batch size 1), and the share of latents in a CPU
+denoise of one tile (``--denoise N``: ``Denoiser`` phase timings).
 Writes JSON to ``--out`` (default: stdout only).
 
     .venv/bin/python benchmarks/latent_throughput.py --tile 256 --repeats 7
@@ -51,7 +52,6 @@ def main(argv=None) -> dict:
     p.add_argument("--model", type=Path, default=Path("hdn_deploy/models/default"))
     p.add_argument("--tile", type=int, default=256)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--denoise", type=int, default=0, metavar="N",
                    help="also denoise one tile with N samples and report the latent share")
     p.add_argument("--out", type=Path)
@@ -60,15 +60,10 @@ def main(argv=None) -> dict:
     levels = [(lv.index, lv.channels) for lv in package.sampled_levels]
     values = sum(c * (args.tile >> (i + 1)) ** 2 for i, c in levels)
     result = {"machine": machine_info(), "tile": args.tile, "levels": levels,
-              "values_per_sample": values, "runs": {}}
-    for workers in sorted({1, args.workers}):
-        sampler = LatentSampler(1, workers=workers)
-        # one sample per call: workers only help when a call draws several samples
-        times = _time_tile(sampler, levels, args.tile, args.repeats)
-        med = float(np.median(times))
-        result["runs"][f"workers={workers}"] = {
-            "ms_per_sample_tile": summarize(t * 1e3 for t in times),
-            "values_per_s_median": values / med}
+              "values_per_sample": values}
+    times = _time_tile(LatentSampler(1), levels, args.tile, args.repeats)
+    result["ms_per_sample_tile"] = summarize(t * 1e3 for t in times)
+    result["values_per_s_median"] = values / float(np.median(times))
     if args.denoise:
         result["denoise"] = _denoise_share(args.model, args.tile, args.denoise)
     text = json.dumps(result, indent=2)
