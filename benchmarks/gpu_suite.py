@@ -3,7 +3,18 @@
 Steps (each skipped with a recorded reason when what it needs is missing, or when the
 ``--budget-s`` time budget is spent; results are rewritten after every step):
 
-1. ``gpu_tests``: ``pytest -m 'gpu or tensorrt'`` (skip reasons included).
+Status: untested. No GPU run of this script has happened yet; its steps and the tests it
+runs have only been exercised with ``--dry-run`` and on the CPU.
+
+1. ``gpu_tests``: ``pytest -m 'gpu or tensorrt'`` (skip reasons included): the backend
+   contract class on every GPU backend, the CuPy latent kernel vs the numpy oracle, the
+   real TensorRT engines.
+1b. ``device_latents``: the CuPy latent kernel vs the numpy oracle on the model's levels
+   (max |difference|, share of bit-identical values, same-device determinism) and its
+   throughput (values/s, ms per sample per tile).
+1c. ``tensorrt_full``: the runtime ``Denoiser`` on native TensorRT (FP16, device latents,
+   device moments) on a ``--size`` image (2048) with ``--samples`` (100): wall time,
+   phases, PSNR. Engines are built here if the cache has none.
 2. ``device_sampler``: PyTorch on the GPU with everything on the device (encoder once per
    tile, eps drawn with torch on the GPU, moments on the device): MMSE of a ``--size``
    image (2048) with ``--samples`` (100), FP32 and FP16 (autocast); per-tile p50/p99,
@@ -41,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.gpu_runtime_steps import step_device_latents, step_tensorrt_full  # noqa: E402
 from hdn_deploy.benchmark import machine_info, percentiles, time_denoise  # noqa: E402
 from hdn_deploy.metrics import psnr  # noqa: E402
 
@@ -100,6 +112,11 @@ def _ort_provider(provider: str):
     return ort.__version__
 
 
+def _cupy_device():
+    cupy = importlib.import_module("cupy")
+    return {"cupy": cupy.__version__, "devices": cupy.cuda.runtime.getDeviceCount()}
+
+
 def _tensorrt():
     trt, cupy = importlib.import_module("tensorrt"), importlib.import_module("cupy")
     from hdn_deploy.backends.trt_cache import gpu_identity
@@ -109,6 +126,7 @@ def _tensorrt():
 
 def probe(args) -> dict[str, dict[str, Any]]:
     avail = {
+        "cupy": _try("cupy", _cupy_device),
         "torch_device": _try("torch", lambda: _torch_device(args.device)),
         "tensorrt": _try("tensorrt+cupy", _tensorrt),
         "ort_cuda": _try("onnxruntime CUDA", lambda: _ort_provider("CUDAExecutionProvider")),
@@ -124,7 +142,8 @@ def probe(args) -> dict[str, dict[str, Any]]:
     return avail
 
 
-NEEDS = {"gpu_tests": ["pytest"], "device_sampler": ["torch_device"],
+NEEDS = {"gpu_tests": ["pytest"], "device_latents": ["cupy", "package"],
+         "tensorrt_full": ["tensorrt", "package"], "device_sampler": ["torch_device"],
          "reference": ["torch_device"], "torch_backend": ["torch_device", "package"],
          "tensorrt": ["tensorrt", "package"], "ort_cuda": ["ort_cuda", "package"],
          "ort_cpu": ["ort_cpu", "package"]}
@@ -309,7 +328,9 @@ def step_ort(device: str):
     return step
 
 
-STEPS = {"gpu_tests": step_gpu_tests, "device_sampler": step_device_sampler,
+STEPS = {"gpu_tests": step_gpu_tests,
+         "device_latents": lambda args, ctx: step_device_latents(args, ctx, _tiling(args, ctx)),
+         "tensorrt_full": lambda args, ctx: step_tensorrt_full(args, ctx, _tiling(args, ctx), log), "device_sampler": step_device_sampler,
          "reference": step_reference, "tensorrt": step_tensorrt,
          "torch_backend": step_torch_backend, "ort_cuda": step_ort("cuda"),
          "ort_cpu": step_ort("cpu")}  # in priority order: the budget may stop the last ones

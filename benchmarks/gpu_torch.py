@@ -172,9 +172,12 @@ def device_sampler(model: LadderVAE, image_norm: np.ndarray, tiler: Tiler, *, n_
                     signal = signal.float()[:, 0]
                     s1 += signal.sum(0)
                     s2 += (signal * signal).sum(0)
-            merger.add(tile, (s1 / n_samples).cpu().numpy(), (s2 / n_samples).cpu().numpy())
+            tile_mean = s1 / n_samples
+            tile_var = torch.clamp(s2 / n_samples - tile_mean * tile_mean, min=0)
+            merger.add(tile, torch.stack([tile_mean, tile_var]).cpu().numpy())
             tile_seconds.append(time.perf_counter() - t0)
-    mean, std = merger.finalize()
+    merged = merger.finalize()
+    mean, std = merged[0].astype(np.float32), np.sqrt(merged[1]).astype(np.float32)
     wall = time.perf_counter() - start
     phases = timer.totals()
     return {"mean": mean, "std": std, "wall_s": wall, "tile_seconds": tile_seconds,

@@ -34,6 +34,10 @@ class TrainingError(HDNError, RuntimeError):
     """Training stopped on purpose (e.g. a detected posterior collapse with stop_on_collapse)."""
 
 
-class OutOfRangeWarning(UserWarning):
+class HDNWarning(UserWarning):
+    """Base class of every warning hdn-deploy emits (the CLI prints them as one line)."""
+
+
+class OutOfRangeWarning(HDNWarning):
     """Some pixels of an input lie outside the model's intensity range, or the package
     stores no range to check against."""

@@ -1,37 +1,43 @@
-"""Seeded latent noise for the HDN sampler, independent of tiling and batching.
+"""Seeded latent noise for the HDN sampler, independent of tiling, batching and device.
 
 The sampler network turns, for every sampled level ``l``, a standard-normal tensor
 ``eps`` of shape ``(N, C_l, H / 2**(l+1), W / 2**(l+1))`` into the posterior sample
 ``z_l = mu_l + sigma_l * eps``. This module produces those ``eps``.
 
-Contract
---------
-The value of ``eps`` at (seed, sample index, level, channel, global latent row,
-global latent column) is a **pure function** of those arguments (and of ``mode``,
-``block`` and the level's channel count, which are part of a run's configuration).
-It does not depend on how samples are batched, how the image is cut into tiles,
-which tiles are computed first or how many threads draw the numbers. Two tiles that
-overlap therefore see the same latent noise on their shared region, and a run is
-reproducible from its seed alone.
+Contract (latent contract version 2, :data:`LATENT_CONTRACT`)
+-------------------------------------------------------------
+Every value of ``eps`` is a **pure function** of (seed, sample index, level, channel,
+global latent row ``y``, global latent column ``x``) and of ``mode``, computable element
+by element on any device: it does not depend on batching, on the tile layout, on which
+tiles run first, on threads, or on the device. Overlapping tiles therefore see the same
+latent noise on their shared region, and a run is reproducible from its seed alone.
 
-How it is done: each level's latent plane is split into ``block x block`` latent
-positions. Block ``(by, bx)`` of stream ``s`` at level ``l`` is::
+The value is one output lane of Philox4x32-10 (see :mod:`hdn_deploy.philox`)::
 
-    Generator(Philox(key=seed, counter=[0, s, l, (by << 32) | bx]))
-        .standard_normal((C_l, block, block), dtype=float32)
+    key     = (seed & 0xFFFFFFFF, seed >> 32)
+    counter = (x >> 2, y, (level << 24) | channel, stream)
+    eps     = box_muller(philox4x32_10(counter, key))[x & 3]
 
-Philox is counter based: it increments the 256-bit counter as a little-endian
-integer, so drawing advances word 0 only (a carry into word 1 would need 2**64
-increments, i.e. 2**66 64-bit outputs per block). Words 1-3 name the stream, so no
-two blocks ever share random numbers. In ``"mc"`` mode the stream of sample ``s``
-is ``s``; in ``"antithetic"`` mode samples ``2k`` and ``2k + 1`` share stream
-``2k`` and sample ``2k + 1`` gets its negation (each sample is still a valid
-N(0, 1) draw; pairs have exactly opposite noise, which reduces the variance of the
-MMSE mean); in ``"mean"`` mode ``eps`` is zero (every level at its mean).
+``stream`` is the sample index in ``"mc"`` mode; in ``"antithetic"`` mode samples ``2k``
+and ``2k + 1`` share stream ``2k`` and sample ``2k + 1`` gets the negated value (pairs
+have exactly opposite noise, which reduces the variance of the MMSE); in ``"mean"`` mode
+``eps`` is zero. Limits: seed < 2**64, sample index < 2**32, level < 64, channels < 2**24,
+latent coordinates < 2**32.
 
-Cost: roughly 50-80 million float32 normals per second per CPU thread (Philox +
-ziggurat), plus about 10 microseconds per block generator; ``workers`` threads draw
-different samples in parallel (numpy releases the GIL while filling).
+Agreement across devices: the Philox words and the uniforms derived from them are
+integers and exact float32 values, hence bit-identical on every device. The normals
+use float32 ``log``, ``sqrt``, ``cos`` and ``sin``: numpy on one machine gives the same
+bytes every run (same numpy build and CPU), and the CUDA kernel
+(:mod:`hdn_deploy.latents_cuda`) gives the same bytes every run on one GPU, but CPU and
+GPU agree only to float32 rounding of those functions (a few units in the last place,
+absolute differences below 1e-5).
+
+Version 1 (hdn-deploy <= 0.1.0, no ``latent_contract`` key in output metadata) drew
+``numpy.random.Philox`` (4x64) blocks of 32 x 32 latent positions with the ziggurat
+method; it could not run on a device. Outputs of version 2 differ from version 1 by
+Monte-Carlo noise only.
+
+Cost: measured by ``benchmarks/latent_throughput.py`` (see the README).
 """
 from __future__ import annotations
 
@@ -42,10 +48,16 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .philox import box_muller, philox4x32
 
-__all__ = ["SamplingMode", "LatentSampler"]
+__all__ = ["SamplingMode", "LatentSampler", "LATENT_CONTRACT"]
 
+LATENT_CONTRACT = 2  # recorded in output metadata as "latent_contract"
 _MAX_U64 = 2**64
+_MAX_SAMPLE = 2**32
+_MAX_LEVEL = 64
+_MAX_CHANNELS = 2**24
+_CHUNK = 1 << 14  # Philox counters per vectorised pass (keeps the work arrays in cache)
 
 
 class SamplingMode(str, enum.Enum):
@@ -83,10 +95,6 @@ class LatentSampler:
     mode : SamplingMode or str, optional
         ``"mc"`` (independent samples, default), ``"antithetic"`` (sample ``2k+1``
         uses ``-eps`` of sample ``2k``) or ``"mean"`` (all zeros).
-    block : int, optional
-        Side of the square latent blocks drawn from one generator (default 32).
-        Part of the reproducibility contract: the same seed with a different block
-        gives different numbers.
     workers : int, optional
         Threads drawing different samples in parallel (default 1). Results do not
         depend on it.
@@ -104,12 +112,10 @@ class LatentSampler:
         seed: int,
         *,
         mode: SamplingMode | str = SamplingMode.MC,
-        block: int = 32,
         workers: int = 1,
     ) -> None:
         self._seed = _check_int("seed", seed)
         self._mode = _sampling_mode(mode)
-        self._block = _check_int("block", block, low=1, high=2**16)
         self._workers = _check_int("workers", workers, low=1, high=1025)
 
     @property
@@ -122,15 +128,10 @@ class LatentSampler:
         """The sampling mode."""
         return self._mode
 
-    @property
-    def block(self) -> int:
-        """Side of the latent blocks drawn from one generator."""
-        return self._block
-
     def __repr__(self) -> str:
         return (
             f"LatentSampler(seed={self._seed}, mode={self._mode.value!r}, "
-            f"block={self._block}, workers={self._workers})"
+            f"workers={self._workers})"
         )
 
     def tile_eps(
@@ -167,9 +168,7 @@ class LatentSampler:
         ConfigError
             If an index, level, channel count or tile coordinate is invalid.
         """
-        samples = [_check_int("sample index", s) for s in sample_indices]
-        level_specs = self._check_levels(levels)
-        self._check_tile(level_specs, y0, x0, height, width)
+        samples, level_specs = self.validate(sample_indices, levels, y0, x0, height, width)
         out = []
         for level, channels in level_specs:
             shift = level + 1
@@ -181,6 +180,23 @@ class LatentSampler:
             self._fill_level(arr, samples, level, y0 >> shift, x0 >> shift)
             out.append(arr)
         return out
+
+    def validate(
+        self, sample_indices: Sequence[int], levels: Sequence[tuple[int, int]],
+        y0: int, x0: int, height: int, width: int,
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Checked ``(sample indices, [(level, channels), ...])`` of a :meth:`tile_eps`
+        request (shared with the device sampler); raises ConfigError as tile_eps does."""
+        samples = [_check_int("sample index", s, high=_MAX_SAMPLE) for s in sample_indices]
+        level_specs = self._check_levels(levels)
+        self._check_tile(level_specs, y0, x0, height, width)
+        return samples, level_specs
+
+    def stream_of(self, sample: int) -> tuple[int, bool]:
+        """``(Philox stream, negate)`` of a sample index under this sampler's mode."""
+        if self._mode is SamplingMode.ANTITHETIC:
+            return sample & ~1, bool(sample & 1)
+        return sample, False
 
     # -- internals ---------------------------------------------------------------
 
@@ -194,7 +210,8 @@ class LatentSampler:
                     f"each level must be a (level index, channels) pair, got {item!r}"
                 ) from None
             specs.append(
-                (_check_int("level index", level, high=62), _check_int("channels", channels, low=1))
+                (_check_int("level index", level, high=_MAX_LEVEL),
+                 _check_int("channels", channels, low=1, high=_MAX_CHANNELS))
             )
         if not specs:
             raise ConfigError("levels is empty; give at least one (level index, channels) pair")
@@ -219,10 +236,9 @@ class LatentSampler:
     ) -> None:
         # Group batch rows by stream, so each stream is drawn once (antithetic pairs,
         # repeated indices); the first row of a stream is drawn, the others copied.
-        antithetic = self._mode is SamplingMode.ANTITHETIC
         rows_of: dict[int, list[tuple[int, bool]]] = {}
         for row, s in enumerate(samples):
-            stream, negate = (s & ~1, bool(s & 1)) if antithetic else (s, False)
+            stream, negate = self.stream_of(s)
             rows_of.setdefault(stream, []).append((row, negate))
 
         def draw(stream: int) -> None:
@@ -246,19 +262,22 @@ class LatentSampler:
                 list(pool.map(draw, streams))
 
     def _fill_stream(self, out: np.ndarray, stream: int, level: int, ly0: int, lx0: int) -> None:
-        """Fill ``out`` (C, h, w) with the noise of one stream at latent origin (ly0, lx0)."""
+        """Fill ``out`` (C, h, w) with the noise of one stream at latent origin (ly0, lx0).
+
+        Philox counters cover whole groups of 4 columns (one call gives 4 normals), in
+        chunks of rows so that the uint64 work arrays stay in cache."""
         channels, h, w = out.shape
-        b = self._block
-        for by in range(ly0 // b, (ly0 + h - 1) // b + 1):
-            # Rows of this block inside the tile, in block and in tile coordinates.
-            r0, r1 = max(ly0, by * b), min(ly0 + h, (by + 1) * b)
-            for bx in range(lx0 // b, (lx0 + w - 1) // b + 1):
-                c0, c1 = max(lx0, bx * b), min(lx0 + w, (bx + 1) * b)
-                # An explicit uint64 array: numpy converts a list holding ints >= 2**63
-                # through float64, which would silently drop low bits.
-                counter = np.array([0, stream, level, (by << 32) | bx], dtype=np.uint64)
-                gen = np.random.Generator(np.random.Philox(key=self._seed, counter=counter))
-                block = gen.standard_normal((channels, b, b), dtype=np.float32)
-                out[:, r0 - ly0 : r1 - ly0, c0 - lx0 : c1 - lx0] = block[
-                    :, r0 - by * b : r1 - by * b, c0 - bx * b : c1 - bx * b
-                ]
+        g0, g1 = lx0 >> 2, ((lx0 + w - 1) >> 2) + 1
+        cols = np.arange(g0, g1, dtype=np.uint64)[None, :]
+        key = (self._seed & 0xFFFFFFFF, self._seed >> 32)
+        n_rows = channels * h
+        step = max(1, _CHUNK // len(cols[0]))
+        drawn = np.empty((n_rows, g1 - g0, 4), dtype=np.float32)
+        for a in range(0, n_rows, step):
+            flat = np.arange(a, min(a + step, n_rows), dtype=np.uint64)
+            rows = (flat % np.uint64(h) + np.uint64(ly0))[:, None]
+            lanes = ((flat // np.uint64(h)) | np.uint64(level << 24))[:, None]
+            words = philox4x32((cols, rows, lanes, stream), key)
+            box_muller(words, out=drawn[a : a + len(flat)])
+        start = lx0 - 4 * g0
+        out[...] = drawn.reshape(channels, h, 4 * (g1 - g0))[:, :, start : start + w]

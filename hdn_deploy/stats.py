@@ -1,13 +1,32 @@
 """Streaming per-pixel statistics of posterior samples (never holds them all)."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import InputError
 
-__all__ = ["RunningMoments"]
+__all__ = ["RunningMoments", "TileMoments", "to_host"]
+
+
+def to_host(array: Any) -> np.ndarray:
+    """A new numpy array (a copy) from a numpy or device (cupy-like, ``.get()``) array."""
+    get = getattr(array, "get", None)
+    return np.array(get() if callable(get) and not isinstance(array, np.ndarray) else array)
+
+
+@dataclass(frozen=True)
+class TileMoments:
+    """Host copy of one tile's moments: ``mean`` and ``variance`` (ddof 0) float64
+    ``(H, W)``; ``samples`` float32 ``(k, H, W)``, the first k samples; ``count``."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+    samples: np.ndarray
+    count: int
 
 
 class RunningMoments:
@@ -24,6 +43,9 @@ class RunningMoments:
         Shape of one sample, e.g. ``(height, width)``.
     keep : int, optional
         Keep the first ``keep`` samples (float32) for inspection (default 0).
+    xp : module, optional
+        Array module holding the state (default numpy; cupy keeps the moments on the
+        GPU, where the samples are: only :meth:`to_host` copies them back).
 
     Examples
     --------
@@ -33,15 +55,16 @@ class RunningMoments:
     (3, 1.0, (1, 2, 2))
     """
 
-    def __init__(self, shape: Sequence[int], *, keep: int = 0) -> None:
+    def __init__(self, shape: Sequence[int], *, keep: int = 0, xp: ModuleType = np) -> None:
         self.shape = tuple(int(s) for s in shape)
         if keep < 0:
             raise InputError(f"keep must be >= 0, got {keep}")
         self.keep = int(keep)
+        self._xp = xp
         self._count = 0
-        self._mean = np.zeros(self.shape, dtype=np.float64)
-        self._m2 = np.zeros(self.shape, dtype=np.float64)
-        self._kept = np.empty((self.keep, *self.shape), dtype=np.float32)
+        self._mean = xp.zeros(self.shape, dtype=xp.float64)
+        self._m2 = xp.zeros(self.shape, dtype=xp.float64)
+        self._kept = xp.empty((self.keep, *self.shape), dtype=xp.float32)
         self._n_kept = 0
 
     @property
@@ -62,7 +85,8 @@ class RunningMoments:
         InputError
             If the batch shape does not match.
         """
-        batch = np.asarray(batch)
+        xp = self._xp
+        batch = xp.asarray(batch)
         if batch.shape[1:] != self.shape or batch.ndim != len(self.shape) + 1:
             raise InputError(
                 f"batch has shape {batch.shape}, expected (N, {', '.join(map(str, self.shape))})"
@@ -74,16 +98,22 @@ class RunningMoments:
         if take > 0:
             self._kept[self._n_kept : self._n_kept + take] = batch[:take]
             self._n_kept += take
-        delta = np.empty(self.shape, dtype=np.float64)
-        scratch = np.empty(self.shape, dtype=np.float64)
+        delta = xp.empty(self.shape, dtype=xp.float64)
+        scratch = xp.empty(self.shape, dtype=xp.float64)
         for sample in batch:  # one at a time: batching must not change a single bit
             self._count += 1
-            np.subtract(sample, self._mean, out=delta)
-            np.divide(delta, self._count, out=scratch)
+            xp.subtract(sample, self._mean, out=delta)
+            xp.divide(delta, self._count, out=scratch)
             self._mean += scratch
-            np.subtract(sample, self._mean, out=scratch)
+            xp.subtract(sample, self._mean, out=scratch)
             scratch *= delta
             self._m2 += scratch
+
+    def to_host(self) -> TileMoments:
+        """Mean, variance and kept samples copied to host memory (numpy)."""
+        self._require_samples()
+        return TileMoments(mean=to_host(self._mean), variance=self.variance(),
+                           samples=to_host(self.samples), count=self._count)
 
     def _require_samples(self) -> None:
         if self._count == 0:
@@ -92,18 +122,18 @@ class RunningMoments:
     def mean(self) -> np.ndarray:
         """Per-pixel mean (float64)."""
         self._require_samples()
-        return self._mean.copy()
+        return to_host(self._mean)
 
     def variance(self, *, ddof: int = 0) -> np.ndarray:
         """Per-pixel variance (float64) with ``ddof`` delta degrees of freedom."""
         self._require_samples()
         if self._count - ddof <= 0:
             raise InputError(f"variance with ddof={ddof} needs more than {ddof} samples")
-        return self._m2 / (self._count - ddof)
+        return to_host(self._m2) / (self._count - ddof)
 
     def second_moment(self) -> np.ndarray:
         """Per-pixel ``E[x**2]`` (float64), as :class:`~hdn_deploy.tiling.TileMerger` wants."""
-        return self.variance() + self._mean * self._mean
+        return self.variance() + to_host(self._mean) ** 2
 
     def std(self, *, ddof: int = 0) -> np.ndarray:
         """Per-pixel standard deviation (float64)."""

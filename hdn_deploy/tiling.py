@@ -1,12 +1,15 @@
 """Cut a 2-D image into aligned, overlapping tiles and blend per-tile results back.
 
 The splitter (:class:`Tiler`: ``plan``, ``pad``, ``iter_tiles``) and the merger
-(:class:`TileMerger`) know nothing about the network. Images are padded at the
-bottom and right only, so tile coordinates are image pixel coordinates: the same
-pixel has the same global coordinate whatever the tile size, which keeps seeded
-latent noise (see :mod:`hdn_deploy.latents`) independent of the tile layout.
-Tile sizes and origins are multiples of ``multiple`` (``2**n_levels`` for HDN), so
-every tile is aligned with every latent grid.
+(:class:`TileMerger`, which blends any per-tile stack: moments, kept samples) know
+nothing about the network. Images are padded by ``margin`` pixels on every side (so
+that borders and corners see image context rather than the network's zero padding)
+and then at the bottom/right up to a multiple of ``multiple``. Tile coordinates are
+coordinates in that padded image: pixel ``(r, c)`` of the image is at
+``(r + margin, c + margin)`` whatever the tile size, which keeps seeded latent noise
+(see :mod:`hdn_deploy.latents`) independent of the tile layout. Tile sizes and origins
+are multiples of ``multiple`` (``2**n_levels`` for HDN), so every tile is aligned with
+every latent grid.
 """
 from __future__ import annotations
 
@@ -70,17 +73,27 @@ class TilePlan:
     image_shape : tuple of int
         ``(height, width)`` of the original image.
     padded_shape : tuple of int
-        ``(height, width)`` after bottom/right padding to a multiple of ``multiple``.
+        ``(height, width)`` after padding by ``margin`` on every side and at the
+        bottom/right to a multiple of ``multiple``.
     tiles : tuple of Tile
         Row-major, covering the padded image; overlapping by at least ``overlap``.
     overlap : int
         Nominal overlap between neighbouring tiles (the blend ramp width).
+    margin : int
+        Context pixels added on every side; the image starts at ``(margin, margin)``.
     """
 
     image_shape: tuple[int, int]
     padded_shape: tuple[int, int]
     tiles: tuple[Tile, ...]
     overlap: int
+    margin: int = 0
+
+    @property
+    def crop(self) -> tuple[slice, slice]:
+        """``(rows, columns)`` slices of the image inside the padded image."""
+        (h, w), m = self.image_shape, self.margin
+        return slice(m, m + h), slice(m, m + w)
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -112,9 +125,10 @@ def _axis_layout(padded: int, tile: int, overlap: int, multiple: int) -> tuple[i
     return length, origins
 
 
-def _reflect_index(n: int, size: int) -> np.ndarray:
-    """Indices ``0 .. size-1`` folded into ``0 .. n-1`` by mirroring (no edge repeat)."""
-    idx = np.arange(size)
+def _reflect_index(n: int, size: int, start: int = 0) -> np.ndarray:
+    """Indices ``start .. start+size-1`` folded into ``0 .. n-1`` by mirroring (no edge
+    repeat; negative indices mirror at 0)."""
+    idx = np.arange(start, start + size)
     if n == 1:
         return np.zeros(size, dtype=np.intp)
     period = 2 * n - 2
@@ -140,6 +154,11 @@ class Tiler:
     pad_mode : PadMode or str, optional
         ``"reflect"`` (default; mirrors repeatedly when the pad exceeds the image)
         or ``"constant"`` (the image mean).
+    margin : int, optional
+        Context pixels padded on every side before tiling and cropped afterwards
+        (default 0). With 0, pixels at the top/left borders and corners see the
+        network's zero padding; :class:`~hdn_deploy.denoiser.Denoiser` uses the
+        package's recommended overlap.
     """
 
     def __init__(
@@ -150,6 +169,7 @@ class Tiler:
         multiple: int = 64,
         blend: BlendMode | str = BlendMode.HANN,
         pad_mode: PadMode | str = PadMode.REFLECT,
+        margin: int = 0,
     ) -> None:
         self.multiple = _check_size("multiple", multiple, 1, low=1, fix="use e.g. 64 = 2**levels")
         m = self.multiple
@@ -165,11 +185,12 @@ class Tiler:
             )
         self.blend = _choice(BlendMode, blend, "blend mode")
         self.pad_mode = _choice(PadMode, pad_mode, "pad mode")
+        self.margin = _check_size("margin", margin, 1, low=0, fix="use e.g. the overlap")
 
     def __repr__(self) -> str:
         return (
             f"Tiler(tile_size={self.tile_size}, overlap={self.overlap}, multiple={self.multiple}, "
-            f"blend={self.blend.value!r}, pad_mode={self.pad_mode.value!r})"
+            f"blend={self.blend.value!r}, pad_mode={self.pad_mode.value!r}, margin={self.margin})"
         )
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
@@ -184,29 +205,30 @@ class Tiler:
         if len(shape) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
             raise InputError(f"image shape must be (height, width) > 0, got {shape!r}")
         h, w = (int(s) for s in shape)
-        m = self.multiple
-        ph, pw = -(-h // m) * m, -(-w // m) * m
+        m, edge = self.multiple, 2 * self.margin
+        ph, pw = -(-(h + edge) // m) * m, -(-(w + edge) // m) * m
         th, ys = _axis_layout(ph, self.tile_size, self.overlap, m)
         tw, xs = _axis_layout(pw, self.tile_size, self.overlap, m)
         tiles = tuple(Tile(y0, x0, th, tw) for y0 in ys for x0 in xs)
-        return TilePlan((h, w), (ph, pw), tiles, self.overlap)
+        return TilePlan((h, w), (ph, pw), tiles, self.overlap, self.margin)
 
     def pad(self, image: np.ndarray, plan: TilePlan) -> np.ndarray:
-        """Pad the last two axes of ``image`` at the bottom/right to ``plan.padded_shape``."""
+        """Pad the last two axes of ``image`` to ``plan.padded_shape``: ``plan.margin`` on
+        every side, the rest at the bottom/right (reflection or the image mean)."""
         image = np.asarray(image)
         if image.ndim < 2 or image.shape[-2:] != plan.image_shape:
             raise InputError(
                 f"image of shape {image.shape} does not match the plan's image shape "
                 f"{plan.image_shape}; plan the tiles for this image"
             )
-        (h, w), (ph, pw) = plan.image_shape, plan.padded_shape
+        (h, w), (ph, pw), m = plan.image_shape, plan.padded_shape, plan.margin
         if (h, w) == (ph, pw):
             return image
         if self.pad_mode is PadMode.CONSTANT:
             out = np.full(image.shape[:-2] + (ph, pw), image.mean(), dtype=image.dtype)
-            out[..., :h, :w] = image
+            out[(..., *plan.crop)] = image
             return out
-        rows, cols = _reflect_index(h, ph), _reflect_index(w, pw)
+        rows, cols = _reflect_index(h, ph, -m), _reflect_index(w, pw, -m)
         return image[..., rows[:, None], cols[None, :]]
 
     def iter_tiles(self, image: np.ndarray, plan: TilePlan) -> Iterator[tuple[Tile, np.ndarray]]:
@@ -252,7 +274,10 @@ def _window(height: int, width: int, ramp: int, sides: tuple[bool, bool, bool, b
 
 
 class TileMerger:
-    """Accumulate window-weighted per-tile moments into whole-image mean and std.
+    """Blend per-tile stacks (moments, kept samples, anything per pixel) into the image.
+
+    Like MONAI's ``Merger``: ``add(tile, values)`` for every planned tile, then
+    ``finalize()``.
 
     Parameters
     ----------
@@ -261,25 +286,22 @@ class TileMerger:
     blend : BlendMode or str, optional
         ``"hann"`` (default): weights rise with a raised cosine over the ``overlap``
         pixels at every tile side that has a neighbouring tile and are 1 elsewhere
-        (including along the image border, which is never faded); weights are
-        clamped to at least 1e-3. ``"constant"``: all weights 1.
+        (including along the padded image's border, which is never faded); weights
+        are clamped to at least 1e-3. ``"constant"``: all weights 1.
 
     Notes
     -----
-    Each pixel's result is ``sum(w * m) / sum(w)`` over the tiles covering it, for
-    the first (``m`` = mean) and second moment, in float64. Where a ramp makes one
-    tile's weight small, a neighbour's weight is large: two ramps facing each other
-    add up to 1 and the summed weight never falls below about 0.5, so no pixel is
-    dominated by a clamped tiny weight.
+    Each pixel's result is ``sum(w * v) / sum(w)`` over the tiles covering it, per
+    entry of the stack, in float64. Where a ramp makes one tile's weight small, a
+    neighbour's weight is large: two ramps facing each other add up to 1 and the
+    summed weight never falls below about 0.5.
     """
 
     def __init__(self, plan: TilePlan, *, blend: BlendMode | str = BlendMode.HANN) -> None:
         self.plan = plan
         self.blend = _choice(BlendMode, blend, "blend mode")
-        shape = plan.padded_shape
-        self._sum1 = np.zeros(shape, dtype=np.float64)
-        self._sum2 = np.zeros(shape, dtype=np.float64)
-        self._weight = np.zeros(shape, dtype=np.float64)
+        self._sum: np.ndarray | None = None  # (*stack, ph, pw), allocated by the first add
+        self._weight = np.zeros(plan.padded_shape, dtype=np.float64)
         self._pending = set(plan.tiles)
 
     @property
@@ -294,47 +316,43 @@ class TileMerger:
         sides = (tile.y0 > 0, tile.y0 + tile.height < ph, tile.x0 > 0, tile.x0 + tile.width < pw)
         return _window(tile.height, tile.width, ramp, sides)
 
-    def add(self, tile: Tile, mean_tile: np.ndarray, second_moment_tile: np.ndarray) -> None:
-        """Add one tile's per-pixel mean and second moment ``E[x**2]``.
+    def add(self, tile: Tile, values: np.ndarray) -> None:
+        """Add one tile's values, shape ``(*stack, tile.height, tile.width)``; every tile
+        must bring the same ``stack`` shape (e.g. ``(2,)`` for mean and E[x**2]).
 
         Raises
         ------
         InputError
-            If ``tile`` is not in the plan or was already added, or a shape differs
-            from ``(tile.height, tile.width)``.
+            If ``tile`` is not in the plan or was already added, or the shape differs.
         """
         if tile not in self._pending:
             state = "was already added" if tile in self.plan.tiles else "is not in the plan"
             raise InputError(f"{tile} {state}")
-        expected = (tile.height, tile.width)
-        for name, arr in (("mean_tile", mean_tile), ("second_moment_tile", second_moment_tile)):
-            if np.shape(arr) != expected:
-                raise InputError(
-                    f"{name} has shape {np.shape(arr)}, expected {expected} for {tile}"
-                )
+        values = np.asarray(values)
+        stack = values.shape[:-2] if self._sum is None else self._sum.shape[:-2]
+        expected = (*stack, tile.height, tile.width)
+        if values.shape != expected:
+            raise InputError(f"values have shape {values.shape}, expected {expected} for {tile}")
+        if self._sum is None:
+            self._sum = np.zeros((*stack, *self.plan.padded_shape), dtype=np.float64)
         win = self.window(tile)
-        region = tile.slices
-        self._sum1[region] += win * mean_tile
-        self._sum2[region] += win * second_moment_tile
-        self._weight[region] += win
+        self._sum[(..., *tile.slices)] += win * values
+        self._weight[tile.slices] += win
         self._pending.discard(tile)
 
-    def finalize(self, *, allow_partial: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Blended ``(mean, std)`` as float32, cropped to the original image shape.
+    def finalize(self, *, allow_partial: bool = False) -> np.ndarray:
+        """Blended stack, float64 ``(*stack, height, width)`` cropped to the image.
 
-        ``std = sqrt(max(E[x**2] - E[x]**2, 0))``. With ``allow_partial=True`` pixels
-        no added tile covers are NaN; otherwise missing tiles raise InputError.
+        With ``allow_partial=True`` pixels no added tile covers are NaN; otherwise
+        missing tiles raise InputError.
         """
         if self._pending and not allow_partial:
             raise InputError(
                 f"{len(self._pending)} of {len(self.plan.tiles)} tiles were not added; "
                 "add them all or call finalize(allow_partial=True)"
             )
-        h, w = self.plan.image_shape
-        weight = self._weight[:h, :w]
+        if self._sum is None:
+            raise InputError("no tile was added; add tiles before finalize()")
+        crop = self.plan.crop
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = self._sum1[:h, :w] / weight
-            second = self._sum2[:h, :w] / weight
-        var = second - mean * mean
-        np.maximum(var, 0.0, out=var)  # rounding can make it slightly negative; NaN stays NaN
-        return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+            return self._sum[(..., *crop)] / self._weight[crop]

@@ -1,52 +1,174 @@
-"""The backend contract: two calls, both thread-safe.
+"""The backend contract: device-resident features, eps and moments; thread-safe calls.
 
-``encode`` runs the bottom-up graph once per tile; ``decode`` runs the top-down graph for
-a batch of samples. Arrays are float32, C-contiguous, in normalised units.
+A backend runs the model package's two graphs where its data live (host memory for the
+onnxruntime CPU backend, GPU memory for TensorRT):
+
+* ``encode(image) -> Features``: the bottom-up graph once per tile. The result is a
+  backend-owned handle (the arrays stay on the device); only the backend that made it
+  can use it.
+* ``moments(shape, keep) -> RunningMoments``: backend-side running moments of one tile.
+* ``decode(features, eps, moments)``: the top-down graph for a batch of samples; adds
+  them to ``moments`` on the device. ``eps`` is an :class:`EpsSpec` (seed, mode, sample
+  indices and tile origin: the backend draws the latents where it decodes, under the
+  latent contract of :mod:`hdn_deploy.latents`) or one array per level (host or device).
+* ``moments.to_host()``: the only copy back: mean, E[x**2] and the kept samples.
+* ``decode_samples(features, eps)``: the samples themselves on the host (for tests,
+  benchmarks and inspection; it moves every sample across the bus).
+
+Arrays are float32, C-contiguous, in normalised units. Subclasses implement ``_encode``
+and ``_decode`` on their own arrays and may override ``_draw`` (device latents),
+``array_module`` (where moments live) and ``_to_host``.
 """
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from typing import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import BackendError
+from ..latents import LatentSampler
 from ..package import ModelPackage
+from ..stats import RunningMoments, to_host
+
+__all__ = ["Backend", "EpsSpec", "Features", "timed"]
+
+
+@dataclass(frozen=True)
+class EpsSpec:
+    """Latent noise of one tile, described rather than drawn.
+
+    Attributes
+    ----------
+    sampler : LatentSampler
+        Seed and sampling mode.
+    samples : tuple of int
+        Global sample indices, one per row of the batch.
+    y0, x0 : int
+        Tile origin in global (padded-image) pixel coordinates.
+    """
+
+    sampler: LatentSampler
+    samples: tuple[int, ...]
+    y0: int
+    x0: int
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """Bottom-up features of one tile, owned by the backend that computed them.
+
+    ``arrays`` are backend arrays (numpy, onnxruntime OrtValues or cupy), one per
+    sampled level; ``height`` and ``width`` are the tile's size in pixels.
+    """
+
+    owner: "Backend"
+    arrays: tuple[Any, ...]
+    height: int
+    width: int
+
+    def to_host(self) -> list[np.ndarray]:
+        """Copies of the features as numpy arrays ``(1, C, H / 2**(l+1), W / 2**(l+1))``."""
+        return [self.owner._to_host(a) for a in self.arrays]
+
+
+def timed(timings: dict[str, float] | None, phase: str, func, *args):
+    """Call ``func(*args)``; when ``timings`` is a dict, add the seconds spent to ``phase``."""
+    if timings is None:
+        return func(*args)
+    start = time.perf_counter()
+    out = func(*args)
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+    return out
 
 
 class Backend(ABC):
-    """Runs a model package's graphs. Subclasses implement ``_encode`` / ``_decode``."""
+    """Runs a model package's graphs (see the module docstring for the contract)."""
 
     name: str = "abstract"
+    array_module: ModuleType = np  # where decode's samples and the moments live
 
     def __init__(self, package: ModelPackage):
         self.package = package
         self.levels = [lv.index for lv in package.sampled_levels]
+        self._level_specs = [(lv.index, lv.channels) for lv in package.sampled_levels]
 
-    def encode(self, image: np.ndarray) -> list[np.ndarray]:
-        """image (1, 1, H, W) -> bottom-up features, one per sampled level."""
+    # ------------------------------------------------------------------ contract
+    def encode(self, image: np.ndarray) -> Features:
+        """Host image float32 ``(1, 1, H, W)``, H and W multiples of the package's
+        spatial multiple -> backend-owned :class:`Features`. Raises BackendError."""
         m = self.package.spatial_multiple
         if image.ndim != 4 or image.shape[:2] != (1, 1) or image.shape[2] % m or image.shape[3] % m:
             raise BackendError(
                 f"encode expects an array of shape (1, 1, H, W) with H, W multiples of {m}; "
                 f"got {image.shape}"
             )
-        return self._encode(np.ascontiguousarray(image, dtype=np.float32))
+        arrays = self._encode(np.ascontiguousarray(image, dtype=np.float32))
+        return Features(self, tuple(arrays), int(image.shape[2]), int(image.shape[3]))
 
-    def decode(self, features: Sequence[np.ndarray], eps: Sequence[np.ndarray]) -> np.ndarray:
-        """features (from encode) and eps per sampled level (N, C, h, w) -> (N, 1, H, W)."""
-        if len(features) != len(self.levels) or len(eps) != len(self.levels):
-            raise BackendError(
-                f"decode expects {len(self.levels)} feature and eps arrays (levels "
-                f"{self.levels}); got {len(features)} and {len(eps)}"
-            )
-        return self._decode(list(features), [np.ascontiguousarray(e, dtype=np.float32) for e in eps])
+    def moments(self, shape: Sequence[int], *, keep: int = 0) -> RunningMoments:
+        """Empty running moments of one tile ``(H, W)``, kept where decode's samples are."""
+        return RunningMoments(shape, keep=keep, xp=self.array_module)
+
+    def decode(self, features: Features, eps: EpsSpec | Sequence[Any], moments: RunningMoments,
+               *, timings: dict[str, float] | None = None) -> None:
+        """Decode a batch of samples of one tile and add them to ``moments``.
+
+        ``timings`` (optional dict) accumulates seconds under ``"latents"``, ``"decode"``
+        and ``"stats"`` (on a GPU these are enqueue times unless the backend syncs).
+        Raises BackendError for foreign features or eps of the wrong count or shape.
+        """
+        arrays = self._own(features)
+        eps_arrays = timed(timings, "latents", self._eps, features, eps)
+        samples = timed(timings, "decode", self._decode, arrays, eps_arrays)
+        timed(timings, "stats", moments.update, samples[:, 0])
+
+    def decode_samples(self, features: Features, eps: EpsSpec | Sequence[Any]) -> np.ndarray:
+        """The decoded samples, host float32 ``(N, 1, H, W)`` (copies every sample)."""
+        arrays = self._own(features)
+        return self._to_host(self._decode(arrays, self._eps(features, eps)))
+
+    # ------------------------------------------------------------------ helpers
+    def _own(self, features: Features) -> list[Any]:
+        if not isinstance(features, Features) or features.owner is not self:
+            raise BackendError("decode takes the Features returned by this backend's encode; "
+                               f"got {type(features).__name__}")
+        return list(features.arrays)
+
+    def _eps(self, features: Features, eps: EpsSpec | Sequence[Any]) -> list[Any]:
+        if isinstance(eps, EpsSpec):
+            return self._draw(eps, features.height, features.width)
+        if len(eps) != len(self.levels):
+            raise BackendError(f"decode expects {len(self.levels)} eps arrays (levels "
+                               f"{self.levels}); got {len(eps)}")
+        for (level, channels), e in zip(self._level_specs, eps):
+            shift = level + 1
+            want = (channels, features.height >> shift, features.width >> shift)
+            if len(e.shape) != 4 or tuple(e.shape[1:]) != want:
+                raise BackendError(f"eps of level {level} has shape {tuple(e.shape)}, "
+                                   f"expected (N, {', '.join(map(str, want))})")
+        return self._prepare_eps(eps)
+
+    def _draw(self, spec: EpsSpec, height: int, width: int) -> list[Any]:
+        """eps arrays of a spec (default: numpy, on the host)."""
+        return spec.sampler.tile_eps(spec.samples, self._level_specs, spec.y0, spec.x0,
+                                     height, width)
+
+    def _prepare_eps(self, eps: Sequence[Any]) -> list[Any]:
+        """Caller-given eps arrays as the backend needs them (default: contiguous float32)."""
+        return [np.ascontiguousarray(e, dtype=np.float32) for e in eps]
+
+    def _to_host(self, array: Any) -> np.ndarray:
+        return to_host(array)
 
     @abstractmethod
-    def _encode(self, image: np.ndarray) -> list[np.ndarray]: ...
+    def _encode(self, image: np.ndarray) -> list[Any]: ...
 
     @abstractmethod
-    def _decode(self, features: list[np.ndarray], eps: list[np.ndarray]) -> np.ndarray: ...
+    def _decode(self, features: list[Any], eps: list[Any]) -> Any: ...
 
     def describe(self) -> dict:
         """Backend name, versions and options, recorded in output metadata."""

@@ -15,6 +15,15 @@ spin : bool
     shaves a little latency on an otherwise idle machine but wastes a core and slows
     everything down badly on shared or oversubscribed machines.
 trt_fp16, trt_cache_dir : TensorRT provider options (engine cache on disk).
+
+Data placement (the backend contract of :mod:`hdn_deploy.backends.base`): both graphs run
+through onnxruntime I/O binding. The bottom-up features stay where the provider put
+them (``OrtValue`` on the CPU or on the GPU) and are bound to the decoder without a
+copy; eps are drawn on the host (numpy, latent contract 2) and uploaded by onnxruntime;
+the samples come back to the host, where the running moments are. The CPU path is what
+the tests run; the CUDA/TensorRT providers use the same code with device ``cuda`` and
+have not been run on a GPU yet (untested). Fully device-resident sampling (device eps
+and device moments) is the ``tensorrt`` backend's.
 """
 from __future__ import annotations
 
@@ -90,6 +99,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"{wanted} was requested but onnxruntime activated {active}")
         self._bu_names = [o.name for o in self._encoder.get_outputs()]
         self._eps_names = [f"eps_{i}" for i in self.levels]
+        self._samples_name = self._decoder.get_outputs()[0].name
+        self._ort_device = "cpu" if device == "cpu" else "cuda"
 
     @staticmethod
     def _providers(device: str, trt_fp16: bool, trt_cache_dir) -> list:
@@ -104,13 +115,28 @@ class OnnxRuntimeBackend(Backend):
         return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider",
                 "CPUExecutionProvider"]
 
-    def _encode(self, image: np.ndarray) -> list[np.ndarray]:
-        return self._encoder.run(None, {"image": image})
+    def _encode(self, image: np.ndarray) -> list:
+        """OrtValues of the features, on the provider's device (no copy to the host)."""
+        binding = self._encoder.io_binding()
+        binding.bind_cpu_input("image", image)
+        for name in self._bu_names:
+            binding.bind_output(name, self._ort_device)
+        self._encoder.run_with_iobinding(binding)
+        return binding.get_outputs()
 
-    def _decode(self, features: list[np.ndarray], eps: list[np.ndarray]) -> np.ndarray:
-        feed = dict(zip(self._bu_names, features))
-        feed.update(zip(self._eps_names, eps))
-        return self._decoder.run(None, feed)[0]
+    def _to_host(self, array) -> np.ndarray:
+        """numpy copy of an OrtValue (features) or of a numpy array (samples)."""
+        return array.numpy() if isinstance(array, self._ort.OrtValue) else np.array(array)
+
+    def _decode(self, features: list, eps: list[np.ndarray]) -> np.ndarray:
+        binding = self._decoder.io_binding()
+        for name, value in zip(self._bu_names, features):
+            binding.bind_ortvalue_input(name, value)
+        for name, value in zip(self._eps_names, eps):
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self._samples_name, "cpu")
+        self._decoder.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def describe(self) -> dict:
         return {

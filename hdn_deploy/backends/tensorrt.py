@@ -16,6 +16,10 @@ profile : EngineProfile, optional
 cuda_graphs : bool
     Capture each (graph, shape) once per context into a CUDA graph and replay it.
 compatibility : "none" | "hardware" | "version"
+latents : "device" | "host"
+    Where eps are drawn for an :class:`~hdn_deploy.backends.base.EpsSpec`: ``device``
+    (default; the CuPy kernel of :mod:`hdn_deploy.latents_cuda`, nothing crosses the bus)
+    or ``host`` (numpy, uploaded per batch).
 build : bool
     Build missing engines (needs ``hdn_deploy.export``, and onnx + onnxconverter-common
     on TensorRT >= 11); False: only load cached ones (BackendError if missing).
@@ -23,6 +27,12 @@ threads : ignored (CPU threads do not apply).
 
 Engines are loaded from the cache without importing torch or the export code; only a
 missing or stale engine imports ``hdn_deploy.export.tensorrt`` to build it.
+
+Data placement (the backend contract): features, eps, samples and the running moments
+(:class:`~hdn_deploy.stats.RunningMoments` on cupy) stay on the GPU; only
+``moments.to_host()`` (MMSE, variance, kept samples) and ``decode_samples`` copy back.
+On the CPU this module is tested with stand-in ``tensorrt``/``cupy`` modules; on a real
+GPU it is untested until ``benchmarks/gpu_suite.py`` has run there.
 """
 from __future__ import annotations
 
@@ -40,7 +50,8 @@ import numpy as np
 from .._optional import require
 from ..errors import BackendError, MissingDependencyError
 from ..package import ModelPackage
-from .base import Backend
+from ..latents_cuda import DeviceLatents
+from .base import Backend, EpsSpec
 from .trt_cache import (
     COMPATIBILITY,
     GRAPHS,
@@ -76,12 +87,16 @@ class TensorRTBackend(Backend):
     def __init__(self, package: ModelPackage, *, cache_dir: str | Path | None = None,
                  precision: str = "fp16", profile: EngineProfile | None = None,
                  cuda_graphs: bool = False, compatibility: str = "none", build: bool = True,
+                 latents: str = "device",
                  threads: int | None = None, log: Callable[[str], None] | None = None,
                  trt=None, cupy=None, gpu: tuple[str, str] | None = None):
         super().__init__(package)
         self._trt = trt or require("tensorrt", purpose="the TensorRT backend", extra="tensorrt")
         self._cp = cupy or require("cupy", purpose="the TensorRT backend (GPU buffers)",
                                    extra="tensorrt")
+        self.array_module = self._cp
+        self.latents = check_choice("latents", latents, ("device", "host"))
+        self._device_latents = None  # compiled on first use
         self.precision = check_choice("precision", precision, PRECISIONS)
         self.compatibility = check_choice("compatibility", compatibility, COMPATIBILITY)
         self.profile = profile or EngineProfile()
@@ -97,7 +112,6 @@ class TensorRTBackend(Backend):
         self._all_slots = [self._make_slot(k) for k in range(self.profile.contexts)]
         for slot in self._all_slots:
             self._slots.put(slot)
-        self._features: OrderedDict = OrderedDict()  # recent encode results kept on the device
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ engines
@@ -257,52 +271,36 @@ class TensorRTBackend(Backend):
         return chunks[0] if len(chunks) == 1 else self._cp.concatenate(chunks)
 
     # ----------------------------------------------------------------- contract
-    def _encode(self, image: np.ndarray) -> list[np.ndarray]:
+    def _encode(self, image: np.ndarray) -> list:
+        """Host image -> cupy features (stay on the device, owned by the Features handle)."""
         with self._slot() as slot:
-            device = self._run_encoder(slot, self._cp.asarray(image))
-            host = [d.get(stream=slot.stream) for d in device]
-        with self._lock:  # decode of these very arrays skips the upload
-            self._features[tuple(map(id, host))] = (host, device)
-            while len(self._features) > 2 * self.profile.contexts:
-                self._features.popitem(last=False)
-        return host
+            return self._run_encoder(slot, self._cp.asarray(image))
 
-    def _device_features(self, features: list[np.ndarray]) -> list | None:
+    def _decode(self, features: list, eps: list):
+        """cupy features and eps -> cupy samples (N, 1, H, W), ready on return."""
+        with self._slot() as slot:
+            return self._run_decoder(slot, features, eps)
+
+    def _draw(self, spec: EpsSpec, height: int, width: int) -> list:
+        if self.latents == "host":
+            return [self._cp.asarray(e) for e in super()._draw(spec, height, width)]
         with self._lock:
-            hit = self._features.get(tuple(map(id, features)))
-        if hit is not None and all(a is b for a, b in zip(hit[0], features)):
-            return hit[1]
-        return None
+            if self._device_latents is None:
+                self._device_latents = DeviceLatents(cupy=self._cp)
+        return self._device_latents.tile_eps(spec.sampler, spec.samples, self._level_specs,
+                                             spec.y0, spec.x0, height, width)
 
-    def _decode(self, features: list[np.ndarray], eps: list[np.ndarray]) -> np.ndarray:
-        cp = self._cp
-        device = self._device_features(features)
-        with self._slot() as slot:
-            if device is None:
-                device = [cp.asarray(np.ascontiguousarray(f, np.float32)) for f in features]
-            out = self._run_decoder(slot, device, [cp.asarray(e) for e in eps])
-            return out.get(stream=slot.stream)
+    def _prepare_eps(self, eps) -> list:
+        return [self._cp.ascontiguousarray(e, self._cp.float32) for e in eps]
 
-    def encode_device(self, image) -> list:
-        """cupy image (1, 1, H, W) -> cupy features, one per sampled level (ready on return)."""
-        with self._slot() as slot:
-            return self._run_encoder(slot, self._cp.ascontiguousarray(image, self._cp.float32))
-
-    def decode_device(self, features: Sequence, eps_device: Sequence):
-        """cupy features and eps (N, C, h, w) per sampled level -> cupy samples (N, 1, H, W)."""
-        if len(features) != len(self.levels) or len(eps_device) != len(self.levels):
-            raise BackendError(f"decode_device expects {len(self.levels)} feature and eps arrays; "
-                               f"got {len(features)} and {len(eps_device)}")
-        cp = self._cp
-        with self._slot() as slot:
-            return self._run_decoder(slot, [cp.ascontiguousarray(f, cp.float32) for f in features],
-                                     [cp.ascontiguousarray(e, cp.float32) for e in eps_device])
+    def _to_host(self, array) -> np.ndarray:
+        return array.get()
 
     def describe(self) -> dict:
         return {"name": self.name, "tensorrt_version": str(self._trt.__version__),
                 "precision": self.precision, "gpu": self.gpu[0], "compute_capability": self.gpu[1],
                 "profile": self.profile.to_dict(), "compatibility": self.compatibility,
-                "cuda_graphs": self.cuda_graphs,
+                "cuda_graphs": self.cuda_graphs, "latents": self.latents,
                 "engines": {g: str(e[2]) for g, e in self._engines.items()}}
 
     def close(self) -> None:
@@ -311,8 +309,6 @@ class TensorRTBackend(Backend):
         for slot in slots:
             slot.graphs.clear()
             slot.contexts.clear()
-        with self._lock:
-            self._features.clear()
         self._engines = {}
 
 

@@ -49,7 +49,8 @@ def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
               show_default=True, help="Posterior samples per image.")
 @click.option("--seed", default=0, show_default=True, help="Seed of all latent noise.")
 @click.option("--tile", type=int, help="Tile size (default: the package's recommendation).")
-@click.option("--overlap", type=int, help="Tile overlap (default: the package's recommendation).")
+@click.option("--overlap", type=int, help="Tile overlap in pixels (default: the package's "
+              "recommendation). 0 leaves visible seams at tile borders (warned).")
 @click.option("--sampling", type=click.Choice(values(SamplingMode)), default="antithetic",
               show_default=True, help="antithetic: (eps, -eps) pairs, each a valid posterior "
               "sample, the MMSE converges ~6x faster; mc: independent samples; "

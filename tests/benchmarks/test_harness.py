@@ -116,10 +116,12 @@ def test_timings_hook_records_phases_and_changes_nothing(den, pair):
 def test_bench_runtime_report(tiny_package):
     r = bench_runtime(tiny_package, size=64, n_samples=3, batch_size=2, threads=1, repeats=2,
                       tile=32, overlap=16)
-    assert r["tiles_per_image"] == 9
+    # 64 px + the default margin (8 px) on both sides -> 80 px -> 4 x 4 tiles of 32 px
+    assert r["settings"]["margin"] == 8
+    assert r["tiles_per_image"] == 16
     assert all(_positive(v) for v in r["cold_start_s"].values())
     lat = r["tile_latency_s"]
-    assert lat["n"] == 2 * 9 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert lat["n"] == 2 * 16 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     for key in ("wall_s", "seconds_per_sample", "megapixels_per_s", "sample_megapixels_per_s"):
         assert r[key]["n"] == 2 and all(_positive(v) for v in r[key]["values"]), key
     for sps, smps in zip(r["seconds_per_sample"]["values"], r["sample_megapixels_per_s"]["values"]):
@@ -205,7 +207,8 @@ def test_reference_mean_pass_matches_runtime(den, tiny_run, pair):
     from hdn_deploy.training import reference
     predictor = reference.ReferencePredictor(tiny_run / "best.safetensors", threads=1)
     noisy = pair[0]
-    ours = den.denoise(noisy, sampling="mean", tile=64, overlap=0).mmse
+    # the reference runs the whole image with the network's zero padding: no margin
+    ours = den.denoise(noisy, sampling="mean", tile=64, overlap=0, margin=0).mmse
     np.testing.assert_allclose(predictor.mean_pass(noisy), ours, atol=1e-3)
     assert all(s > 0 for s in predictor.time_samples(noisy, 2, grad=True))
 

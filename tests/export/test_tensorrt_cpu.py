@@ -36,7 +36,7 @@ TINY_PROFILE = EngineProfile(samples=(1, 2, 3), tile=(16, 32, 64))  # tiny packa
 class FakeCupy(ModuleType):
     """Host arrays posing as device arrays: ``.data.ptr`` is the real address."""
 
-    float32 = np.float32
+    float32, float64 = np.float32, np.float64
 
     class DevArray(np.ndarray):
         @property
@@ -80,7 +80,9 @@ class FakeCupy(ModuleType):
         return np.ascontiguousarray(a, np.float32).copy().view(FakeCupy.DevArray)
 
     asarray = ascontiguousarray = lambda self, a, dtype=None: self._dev(a)  # noqa: E731
-    empty = lambda self, shape, dtype=None: np.empty(shape, np.float32).view(FakeCupy.DevArray)  # noqa: E731
+    empty = lambda self, shape, dtype=np.float32: np.empty(shape, dtype).view(FakeCupy.DevArray)  # noqa: E731
+    zeros = lambda self, shape, dtype=np.float32: np.zeros(shape, dtype).view(FakeCupy.DevArray)  # noqa: E731
+    subtract, divide = staticmethod(np.subtract), staticmethod(np.divide)
     empty_like = lambda self, a: self.empty(a.shape)  # noqa: E731
     concatenate = lambda self, arrays: self._dev(np.concatenate(arrays))  # noqa: E731
 
@@ -385,19 +387,24 @@ def test_backend_binds_runs_and_splits_batches(tiny_package, tmp_path, cuda_grap
     rng = np.random.default_rng(0)
     image = rng.standard_normal((1, 1, 32, 48), dtype=np.float32)
     features = backend.encode(image)
+    assert all(isinstance(a, FakeCupy.DevArray) for a in features.arrays)  # stay on the device
     channels = {f"bu_{lv.index}": (lv.feature_channels, lv.downsample)
                 for lv in package.sampled_levels}
     expected = _encoder_math(image, channels)
-    for name, got in zip(expected, features):
+    for name, got in zip(expected, features.arrays):
         np.testing.assert_allclose(got, expected[name], rtol=1e-6)
     for n in (1, 5):  # 5 > profile max 3: two decoder calls
         eps = [rng.standard_normal((n, lv.channels, 32 // lv.downsample, 48 // lv.downsample),
                                    dtype=np.float32) for lv in package.sampled_levels]
-        for feats in (features, [f.copy() for f in features]):  # cached and uploaded features
-            out = backend.decode(feats, eps)
-            feed = {**dict(zip(channels, feats)),
-                    **{f"eps_{lv.index}": e for lv, e in zip(package.sampled_levels, eps)}}
-            np.testing.assert_allclose(out, _decoder_math(feed, backend.levels), rtol=1e-5)
+        out = backend.decode_samples(features, eps)
+        assert type(out) is np.ndarray  # copied to the host
+        feed = {**dict(zip(channels, features.arrays)),
+                **{f"eps_{lv.index}": e for lv, e in zip(package.sampled_levels, eps)}}
+        np.testing.assert_allclose(out, _decoder_math(feed, backend.levels), rtol=1e-5)
+        moments = backend.moments((32, 48))  # moments live on the device
+        backend.decode(features, eps, moments)
+        assert isinstance(moments.to_host().mean, np.ndarray) and moments.count == n
+        np.testing.assert_allclose(moments.to_host().mean, out[:, 0].mean(axis=0), rtol=1e-5)
     with pytest.raises(BackendError, match="outside the TensorRT engine profile"):
         backend.encode(np.zeros((1, 1, 8, 32), np.float32))
     assert backend.describe()["name"] == "tensorrt"
@@ -415,9 +422,9 @@ def test_backend_contexts_use_distinct_profiles_across_threads(tiny_package, tmp
     assert sorted(c.profile for c in trt.log["contexts"]) == [0, 0, 1, 1]  # encoder + decoder
     rng = np.random.default_rng(2)
     images = [rng.standard_normal((1, 1, 32, 32), dtype=np.float32) for _ in range(6)]
-    serial = [backend.encode(im)[0] for im in images]
+    serial = [backend.encode(im).arrays[0] for im in images]
     results = {}
-    workers = [threading.Thread(target=lambda k=k: results.update({k: backend.encode(images[k])[0]}))
+    workers = [threading.Thread(target=lambda k=k: results.update({k: backend.encode(images[k]).arrays[0]}))
                for k in range(6)]
     for worker in workers:
         worker.start()
@@ -448,7 +455,7 @@ def test_denoiser_on_the_backend_matches_a_plain_backend(tiny_package, tmp_path)
     image = np.random.default_rng(3).normal(100, 20, (40, 56)).astype(np.float32)
     options = dict(n_samples=5, seed=2, tile=32, overlap=8, batch_size=4)
     backend = TensorRTBackend(package, cache_dir=tmp_path, profile=TINY_PROFILE, trt=fake_trt(),
-                              cupy=FakeCupy(), gpu=GPU, log=[].append)
+                              cupy=FakeCupy(), gpu=GPU, log=[].append, latents="host")
     got = Denoiser(package, backend=backend).denoise(image, **options)
     want = Denoiser(package, backend=NumpyFakeModel(package)).denoise(image, **options)
     np.testing.assert_allclose(got.mmse, want.mmse, rtol=1e-5, atol=1e-4)
@@ -546,7 +553,7 @@ def test_real_engines_match_onnxruntime(tiny_package, tmp_path, precision, tol):
     eps = [rng.standard_normal((5, lv.channels, 32 // lv.downsample, 48 // lv.downsample),
                                dtype=np.float32) for lv in package.sampled_levels]
     cpu = create_backend("cpu", package, threads=1)
-    want = cpu.decode(cpu.encode(image), eps)
+    want = cpu.decode_samples(cpu.encode(image), eps)
     for cuda_graphs in (False, True):  # the second backend loads the cached engines
         messages = []
         with warnings.catch_warnings():
@@ -556,7 +563,7 @@ def test_real_engines_match_onnxruntime(tiny_package, tmp_path, precision, tol):
                                   log=messages.append)
         assert bool(messages) != cuda_graphs  # built once, then reused from the cache
         for _ in range(2):  # CUDA graphs: capture, then replay
-            got = gpu.decode(gpu.encode(image), eps)
+            got = gpu.decode_samples(gpu.encode(image), eps)
             assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
         gpu.close()
 

@@ -6,6 +6,7 @@ import pytest
 
 from hdn_deploy.errors import ConfigError
 from hdn_deploy.latents import LatentSampler, SamplingMode
+from hdn_deploy.philox import box_muller, philox4x32
 
 LEVELS = [(0, 3), (1, 2), (2, 4)]  # (level index, channels); tiles are multiples of 8 px
 
@@ -42,9 +43,9 @@ def test_threads_do_not_change_results():
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("block", [4, 32])
-def test_overlapping_tiles_agree_at_every_level(block):
-    sampler = LatentSampler(11, mode="antithetic", block=block)
+@pytest.mark.parametrize("seed", [11, 2**63 + 5])
+def test_overlapping_tiles_agree_at_every_level(seed):
+    sampler = LatentSampler(seed, mode="antithetic")
     # Tile A covers pixels [0, 96) x [32, 160); tile B [48, 112) x [8, 104).
     a = _eps(sampler, samples=[2, 3], y0=0, x0=32, h=96, w=128)
     b = _eps(sampler, samples=[2, 3], y0=48, x0=8, h=64, w=96)
@@ -70,9 +71,11 @@ def test_seeds_samples_levels_channels_differ():
 
 def test_huge_seed_and_sample_index_are_exact():
     sampler = LatentSampler(2**64 - 1)
-    top = _eps(sampler, samples=[2**64 - 1, 2**64 - 2], levels=[(0, 1)])[0]
+    top = _eps(sampler, samples=[2**32 - 1, 2**32 - 2], levels=[(0, 1)])[0]
     assert not np.array_equal(top[0], top[1])  # would collide if indices went through float64
-    # Block coordinates beyond 2**21 still address distinct streams.
+    with pytest.raises(ConfigError, match="sample index"):
+        _eps(sampler, samples=[2**32], levels=[(0, 1)])  # the counter holds 32 bits
+    # Coordinates beyond 2**21 still address distinct counters.
     far = sampler.tile_eps([0], [(0, 1)], 2**31, 0, 2, 2)[0]
     far2 = sampler.tile_eps([0], [(0, 1)], 2**31, 64, 2, 2)[0]
     assert not np.array_equal(far, far2)
@@ -115,7 +118,7 @@ def test_standard_normal_statistics():
         ({"seed": 1.5}, "integer"),
         ({"seed": True}, "integer"),
         ({"seed": 0, "mode": "gibbs"}, "'mc', 'antithetic', 'mean'"),
-        ({"seed": 0, "block": 0}, "block"),
+        ({"seed": 0, "workers": 0}, "workers"),
     ],
 )
 def test_bad_configuration(kwargs, match):
@@ -137,3 +140,27 @@ def test_bad_configuration(kwargs, match):
 def test_bad_tile_arguments(args, match):
     with pytest.raises(ConfigError, match=match):
         LatentSampler(0).tile_eps(*args)
+
+
+def _contract_value(seed, stream, level, channel, y, x):
+    """The contract of hdn_deploy.latents written out for one element."""
+    words = philox4x32((x >> 2, y, (level << 24) | channel, stream), (seed & 0xFFFFFFFF, seed >> 32))
+    return box_muller(words)[x & 3]
+
+
+@pytest.mark.parametrize("mode", ["mc", "antithetic"])
+def test_every_value_is_the_contract_formula(mode):
+    seed = 2**64 - 12345
+    sampler = LatentSampler(seed, mode=mode)
+    eps = sampler.tile_eps([4, 5], LEVELS, 8, 24, 16, 40)  # odd latent column origins
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        row, lvl = int(rng.integers(2)), int(rng.integers(len(LEVELS)))
+        level, channels = LEVELS[lvl]
+        arr = eps[lvl][row]
+        c, y, x = (int(rng.integers(n)) for n in arr.shape)
+        stream = 4 if mode == "antithetic" else 4 + row
+        sign = -1.0 if (mode == "antithetic" and row == 1) else 1.0
+        shift = level + 1
+        want = sign * _contract_value(seed, stream, level, c, (8 >> shift) + y, (24 >> shift) + x)
+        assert arr[c, y, x] == np.float32(want)

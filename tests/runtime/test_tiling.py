@@ -10,12 +10,23 @@ from hdn_deploy.tiling import Tile, TileMerger, Tiler
 SHAPES = [(5, 3), (64, 64), (65, 130), (97, 201), (1000, 700)]
 
 
+def _add(merger, tile, mean, second):
+    merger.add(tile, np.stack([mean, second]))
+
+
+def _finalize(merger, **kwargs):
+    """Blended (mean, std) as float32 from blended first and second moments."""
+    mean, second = merger.finalize(**kwargs)
+    var = np.maximum(second - mean * mean, 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
 def _roundtrip(tiler: Tiler, image: np.ndarray, blend: str):
     plan = tiler.plan(image.shape)
     merger = TileMerger(plan, blend=blend)
     for tile, patch in tiler.iter_tiles(image, plan):
-        merger.add(tile, patch, patch.astype(np.float64) ** 2)
-    return merger.finalize()
+        _add(merger, tile, patch, patch.astype(np.float64) ** 2)
+    return _finalize(merger)
 
 
 @pytest.mark.parametrize("blend", ["constant", "hann"])
@@ -36,8 +47,8 @@ def test_std_blends_constant_moments():
     merger = tiler.merger(plan)
     for tile in plan.tiles:
         mean = np.full((tile.height, tile.width), 5.0)
-        merger.add(tile, mean, mean**2 + 4.0)
-    mean, std = merger.finalize()
+        _add(merger, tile, mean, mean**2 + 4.0)
+    mean, std = _finalize(merger)
     np.testing.assert_allclose(mean, 5.0, rtol=1e-6)
     np.testing.assert_allclose(std, 2.0, rtol=1e-5)
 
@@ -117,11 +128,11 @@ def test_iter_tiles_yields_contiguous_patches_and_can_stop_early():
     assert patch.flags.c_contiguous and patch.shape == (128, 128)
     np.testing.assert_array_equal(patch, image[:128, :128])
     merger = tiler.merger(plan)
-    merger.add(tile, patch, patch**2)
+    _add(merger, tile, patch, patch**2)
     assert merger.n_remaining == len(plan) - 1
     with pytest.raises(InputError, match="not added"):
         merger.finalize()
-    mean, _ = merger.finalize(allow_partial=True)
+    mean, _ = _finalize(merger, allow_partial=True)
     assert np.isnan(mean[-1, -1]) and mean[0, 0] == image[0, 0]
 
 
@@ -146,12 +157,12 @@ def test_merger_rejects_foreign_duplicate_and_misshapen_tiles():
     plan = tiler.plan((128, 64))
     merger = tiler.merger(plan)
     with pytest.raises(InputError, match="not in the plan"):
-        merger.add(Tile(32, 0, 64, 64), np.zeros((64, 64)), np.zeros((64, 64)))
+        _add(merger, Tile(32, 0, 64, 64), np.zeros((64, 64)), np.zeros((64, 64)))
     with pytest.raises(InputError, match="shape"):
-        merger.add(plan.tiles[0], np.zeros((64, 63)), np.zeros((64, 64)))
-    merger.add(plan.tiles[0], np.zeros((64, 64)), np.zeros((64, 64)))
+        merger.add(plan.tiles[0], np.zeros((2, 64, 63)))
+    _add(merger, plan.tiles[0], np.zeros((64, 64)), np.zeros((64, 64)))
     with pytest.raises(InputError, match="already added"):
-        merger.add(plan.tiles[0], np.zeros((64, 64)), np.zeros((64, 64)))
+        _add(merger, plan.tiles[0], np.zeros((64, 64)), np.zeros((64, 64)))
 
 
 def test_pad_rejects_other_image():
@@ -193,8 +204,48 @@ def test_hann_hides_seams_between_disagreeing_tiles():
         plan = tiler.plan(image.shape)
         merger = tiler.merger(plan)
         for (tile, patch), offset in zip(tiler.iter_tiles(image, plan), offsets):
-            merger.add(tile, patch + offset, (patch + offset) ** 2)
-        mean, _ = merger.finalize()
+            _add(merger, tile, patch + offset, (patch + offset) ** 2)
+        mean, _ = _finalize(merger)
         return max(np.abs(np.diff(mean, axis=0)).max(), np.abs(np.diff(mean, axis=1)).max())
 
     assert max_jump("hann") < 0.25 * max_jump("constant")
+
+
+def test_merger_blends_any_stack_and_rejects_a_changing_stack():
+    tiler = Tiler(64, 32, multiple=32)
+    plan = tiler.plan((100, 90))
+    merger = tiler.merger(plan)
+    image = np.random.default_rng(3).random((100, 90))
+    stack = np.stack([image, 2 * image, image**2])  # (3, H, W)
+    padded = tiler.pad(stack, plan)
+    for tile in plan.tiles:
+        merger.add(tile, padded[(..., *tile.slices)])
+    merged = merger.finalize()
+    assert merged.shape == (3, 100, 90) and merged.dtype == np.float64
+    np.testing.assert_allclose(merged, stack, rtol=1e-12)
+    other = tiler.merger(plan)
+    other.add(plan.tiles[0], np.zeros((3, 64, 64)))
+    with pytest.raises(InputError, match=r"expected \(3, 64, 64\)"):
+        other.add(plan.tiles[1], np.zeros((2, 64, 64)))
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_margin_pads_every_side_and_crops_back(pad_mode):
+    image = np.arange(35, dtype=np.float32).reshape(5, 7)
+    tiler = Tiler(64, 0, multiple=8, margin=3, pad_mode=pad_mode)
+    plan = tiler.plan(image.shape)
+    assert plan.padded_shape == (16, 16) and plan.margin == 3  # 5 + 6 -> 16, 7 + 6 -> 16
+    padded = tiler.pad(image, plan)
+    np.testing.assert_array_equal(padded[plan.crop], image)
+    if pad_mode == "reflect":  # mirrored without repeating the edge, on all four sides
+        np.testing.assert_array_equal(padded[3, :3], image[0, 3:0:-1])
+        np.testing.assert_array_equal(padded[:3, 3], image[3:0:-1, 0])
+        assert padded[0, 0] == image[3, 3]
+    else:
+        assert padded[0, 0] == pytest.approx(image.mean())
+    merger = tiler.merger(plan)
+    for tile, patch in tiler.iter_tiles(image, plan):
+        merger.add(tile, patch[None])
+    np.testing.assert_allclose(merger.finalize()[0], image)
+    with pytest.raises(ConfigError, match="margin"):
+        Tiler(64, 0, margin=-1)
