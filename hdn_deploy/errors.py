@@ -23,3 +23,11 @@ class BackendError(HDNError, RuntimeError):
 
 class MissingDependencyError(HDNError, ImportError):
     """An optional dependency (torch, onnx, tensorrt...) is not installed."""
+
+
+class OutputError(HDNError):
+    """An output cannot be written: it would overwrite a file that is not ours, or no space."""
+
+
+class DiskSpaceError(OutputError):
+    """The output folder has not enough free space (names the folder and the bytes needed)."""
