@@ -1,6 +1,12 @@
-"""`hdn-deploy denoise`: many files, resumable, atomic outputs, metadata for provenance."""
+"""`hdn-deploy denoise`: many files, resumable, atomic outputs, metadata for provenance.
+
+Every series of every input is attempted; a failure is reported and the rest still runs;
+the command exits 2 if anything failed, after a summary.
+"""
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -8,43 +14,163 @@ import click
 from tqdm.auto import tqdm
 
 from ..backends import BACKENDS
+from ..errors import DiskSpaceError, HDNError
 from ..latents import SamplingMode
 from .main import handle_errors, main
+
+_SETTING_KEYS = ("samples", "seed", "tile", "overlap", "sampling", "save_std", "save_samples",
+                 "output_dtype", "blend", "axes")
 
 
 def _settings(opts: dict[str, Any], model_hash: str) -> dict[str, Any]:
     """What must match for an existing output to count as complete."""
-    keys = ("samples", "seed", "tile", "overlap", "sampling", "save_std", "save_samples",
-            "output_dtype", "blend")
-    return {"model_sha256": model_hash, **{k: opts[k] for k in keys}}
+    return {"model_sha256": model_hash, **{k: opts[k] for k in _SETTING_KEYS}}
 
 
-def _outputs(path: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Path]:
-    from ..io import output_path
-
-    outputs = {"mmse": output_path(path, out_dir, "mmse")}
-    if opts["save_std"]:
-        outputs["std"] = output_path(path, out_dir, "std")
-    if opts["save_samples"]:
-        outputs["samples"] = output_path(path, out_dir, "samples")
-    return outputs
+def _kinds(opts: dict[str, Any]) -> list[str]:
+    return ["mmse"] + (["std"] if opts["save_std"] else []) + (["samples"] if opts["save_samples"] else [])
 
 
-def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
-    from ..io import read_hdn_metadata
+@dataclass
+class _Tally:
+    written: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
-    for path in outputs.values():
-        meta = read_hdn_metadata(path) if path.is_file() else None
-        if not meta or meta.get("settings") != settings:
-            return False
-    return True
+    def fail(self, exc: Exception) -> None:
+        click.echo(f"Error: {exc}", err=True)
+        self.failed.append(str(exc))
+
+
+@dataclass
+class _Run:
+    den: Any
+    out_dir: Path
+    root: Path
+    inputs: set[Path]
+    settings: dict[str, Any]
+    opts: dict[str, Any]
+    batch_size: int | None
+    overwrite: bool
+    quiet: bool
+    tally: _Tally
+
+
+def _series_to_do(path: Path, run: _Run) -> list[tuple[int, int | None]]:
+    """(series index, tag for output names or None) for each series of ``path`` to denoise."""
+    from ..errors import InputError
+    from ..io import list_series
+
+    infos = list_series(path)
+    tagged = len(infos) > 1
+    chosen = run.opts["series"]
+    if chosen is not None:
+        if not 0 <= chosen < len(infos):
+            raise InputError(f"'{path}' has {len(infos)} series (0 to {len(infos) - 1}); "
+                             f"--series {chosen} does not exist")
+        return [(chosen, chosen if tagged else None)]
+    for info in infos:
+        if info.reduced:
+            note = f"'{path}' {info.describe()}: not denoised (a thumbnail, not image data)"
+            click.echo(note, err=True)
+            run.tally.notes.append(note)
+    return [(i.index, i.index if tagged else None) for i in infos if not i.reduced]
+
+
+def _estimate(path: Path, index: int, run: _Run) -> tuple[int, int]:
+    """(memory, disk) bytes needed to denoise and write series ``index`` of ``path``."""
+    import numpy as np
+
+    from ..io import list_series, read_bytes_needed, tiff_bytes
+
+    info = list_series(path)[index]
+    pixels = int(np.prod(info.shape, dtype=np.float64))
+    keep = min(run.opts["save_samples"], run.opts["samples"])
+    memory = read_bytes_needed(info) + 4 * pixels * (3 + keep)
+    out_dtype = info.dtype if run.opts["output_dtype"] == "input" else np.float32
+    disk = tiff_bytes(info.shape, out_dtype) + (tiff_bytes(info.shape, np.float32) if run.opts["save_std"] else 0)
+    disk += keep * tiff_bytes(info.shape, out_dtype)
+    return memory, disk
+
+
+def _denoise_series(path: Path, index: int, tag: int | None, source: dict[str, Any], run: _Run) -> None:
+    from ..denoiser import DEFAULT_BATCH
+    from ..io import (TiffOutput, cast_to_dtype, check_disk_space, check_memory,
+                      check_output_conflicts, is_complete, list_series, plan_outputs,
+                      read_image, write_outputs_atomic)
+
+    source = {**source, "series": index}
+    outputs = plan_outputs(path, run.root, run.out_dir, _kinds(run.opts), tag)
+    if not run.overwrite and is_complete(outputs, run.settings, source):
+        run.tally.skipped += 1
+        return
+    check_output_conflicts(outputs, run.inputs, path)
+    memory, disk = _estimate(path, index, run)
+    check_memory(path, list_series(path)[index], memory)
+    check_disk_space(next(iter(outputs.values())).parent, disk)
+    image = read_image(path, series=index, axes=run.opts["axes"])
+    opts = run.opts
+    bar = tqdm(unit="tile", disable=run.quiet, desc=path.name, leave=False)
+    result = None
+    for event in run.den.iter_denoise(
+        image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
+        overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
+        batch_size=run.batch_size or DEFAULT_BATCH, blend=opts["blend"],
+    ):
+        bar.total = event.tiles_total
+        bar.update(event.tiles_done - bar.n)
+        result = event.result
+    bar.close()
+    meta = {**result.metadata, "input": str(path), "source": source, "settings": run.settings,
+            "axes": image.file_axes, "input_metadata": image.physical.to_json()}
+    cast = (lambda a: cast_to_dtype(a, image.dtype)) if opts["output_dtype"] == "input" else (lambda a: a)
+    arrays = {"mmse": cast(result.mmse), "std": result.std}
+    files = [TiffOutput(outputs[k], image.to_file_order(arrays[k]), image.file_axes,
+                        {**meta, "kind": k}, image.physical) for k in ("mmse", "std") if k in outputs]
+    if "samples" in outputs:
+        files.append(TiffOutput(outputs["samples"], image.to_file_order(cast(result.samples), leading=1),
+                                "S" + image.file_axes, {**meta, "kind": "samples"}, image.physical))
+    write_outputs_atomic(files)
+    run.tally.written += 1
+
+
+def _one_input(path: Path, run: _Run) -> None:
+    from ..io import fingerprint
+
+    rel = path.resolve().relative_to(run.root).as_posix()
+    source = {"path": rel, "fingerprint": fingerprint(path)}
+    for index, tag in _series_to_do(path, run):
+        try:
+            _denoise_series(path, index, tag, source, run)
+        except DiskSpaceError:
+            raise
+        except HDNError as exc:
+            run.tally.fail(exc)
+
+
+def _start(out_dir: Path, paths: list[Path], tally: _Tally) -> list[Path]:
+    """Remove our stale temporaries below ``out_dir``; drop our own outputs from the inputs."""
+    from ..atomic import remove_stale_temps
+    from ..io import split_own_outputs
+
+    removed = remove_stale_temps(out_dir, recursive=True)
+    if removed:
+        click.echo(f"removed {len(removed)} stale temporary file(s) of an interrupted run "
+                   f"below '{out_dir}'", err=True)
+    inputs, ours = split_own_outputs(paths)
+    for path in ours:
+        note = f"'{path}': not an input, an output of hdn-deploy (ignored)"
+        click.echo(note, err=True)
+        tally.notes.append(note)
+    return inputs
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-m", "--model", required=True, type=click.Path(), help="Model package folder.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (created if missing).")
+              help="Output folder (created if missing); the inputs' folder tree is mirrored below it.")
 @click.option("--samples", default=100, show_default=True, help="Posterior samples per image.")
 @click.option("--seed", default=0, show_default=True, help="Seed of all latent noise.")
 @click.option("--tile", type=int, help="Tile size (default: the package's recommendation).")
@@ -56,6 +182,12 @@ def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
 @click.option("--save-std/--no-save-std", default=True, show_default=True,
               help="Write the per-pixel std (uncertainty).")
 @click.option("--save-samples", default=0, show_default=True, help="Also write the first K samples.")
+@click.option("--series", type=click.IntRange(min=0), default=None,
+              help="Denoise only this series of each file (default: every series but thumbnails; "
+              "files with several series get _s<N> in their output names).")
+@click.option("--axes", default=None, help="Axes of the inputs when their metadata is missing or "
+              "wrong, one letter per dimension: YX, ZYX, TYX, YXC, CYX, TZYX, STYX ... "
+              "(S: independent images, C: channels, each denoised on its own).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for the backend.")
 @click.option("--batch-size", default=None, type=int, help="Samples per network call.")
@@ -68,46 +200,51 @@ def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
 def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, **opts):
     """Denoise TIFF INPUTS (files, folders, globs) with the model package MODEL.
 
-    Writes <name>_mmse.tif (and _std.tif, _samples.tif) into the output folder. Outputs are
-    written atomically; a rerun skips files whose outputs are complete with the same settings.
+    Writes <name>_mmse.tif (and _std.tif, _samples.tif) below the output folder, mirroring
+    the inputs' folders, with the input's axes order and physical metadata. The outputs of
+    one input are written together, atomically; a rerun skips inputs whose outputs are
+    complete for the same input content and settings. Files hdn-deploy wrote are never
+    taken as inputs, and no file that hdn-deploy did not write is overwritten. Exits 2 if
+    any input, series or plane could not be denoised (after doing the rest).
     """
-    from ..denoiser import DEFAULT_BATCH, Denoiser
-    from ..io import _writable_folder, cast_to_dtype, expand_inputs, read_image, write_tiff_atomic
+    from ..denoiser import Denoiser
+    from ..io import _writable_folder, common_root, expand_inputs, ome_companions_of
 
+    tally = _Tally()
     paths = expand_inputs(inputs)
     den = Denoiser(model, backend=backend, threads=threads)
     _writable_folder(out_dir)  # fail before the first image is computed, not after
-    settings = _settings(opts, den.package.model_hash)
-    skipped = written = 0
-    files_bar = tqdm(paths, unit="file", disable=quiet or len(paths) < 2, desc="files")
-    for path in files_bar:
-        outputs = _outputs(path, out_dir, opts)
-        if not overwrite and _complete(outputs, settings):
-            skipped += 1
+    paths = _start(out_dir, paths, tally)
+    run = _Run(den=den, out_dir=out_dir, root=common_root(paths) if paths else out_dir,
+               inputs={p.resolve() for p in paths},
+               settings=_settings(opts, den.package.model_hash), opts=opts, batch_size=batch_size,
+               overwrite=overwrite, quiet=quiet, tally=tally)
+    covered: dict[Path, Path] = {}
+    bar = tqdm(paths, unit="file", disable=quiet or len(paths) < 2, desc="files")
+    for done, path in enumerate(bar):
+        if path.resolve() in covered:
+            tally.notes.append(f"'{path}': read as part of the multi-file OME-TIFF of "
+                               f"'{covered[path.resolve()]}'")
             continue
-        image = read_image(path)
-        tiles_bar = tqdm(unit="tile", disable=quiet, desc=path.name, leave=False)
-        result = None
-        for event in den.iter_denoise(
-            image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
-            overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
-            batch_size=batch_size or DEFAULT_BATCH, blend=opts["blend"],
-        ):
-            tiles_bar.total = event.tiles_total
-            tiles_bar.update(event.tiles_done - tiles_bar.n)
-            result = event.result
-        tiles_bar.close()
-        meta = {**result.metadata, "input": str(path), "settings": settings}
-        cast = (lambda a: cast_to_dtype(a, image.dtype)) if opts["output_dtype"] == "input" else (lambda a: a)
-        # mmse last: its presence with matching settings marks the file as done.
-        if "samples" in outputs:
-            # samples first: (k, Y, X) -> 'SYX'; for stacks (k, n, Y, X) -> hyperstack 'TZYX'
-            write_tiff_atomic(outputs["samples"], cast(result.samples),
-                              metadata={**meta, "kind": "samples"},
-                              axes="SYX" if image.axes == "YX" else "TZYX")
-        if "std" in outputs:
-            write_tiff_atomic(outputs["std"], result.std, metadata={**meta, "kind": "std"}, axes=image.axes)
-        write_tiff_atomic(outputs["mmse"], cast(result.mmse), metadata={**meta, "kind": "mmse"},
-                          axes=image.axes)
-        written += 1
-    click.echo(f"denoised {written} file(s), skipped {skipped} already complete; outputs in {out_dir}")
+        try:
+            for other in ome_companions_of(path):
+                covered.setdefault(other.resolve(), path)
+            _one_input(path, run)
+        except DiskSpaceError as exc:
+            tally.fail(exc)
+            tally.failed.extend(f"'{p}': not attempted" for p in paths[done + 1:])
+            break
+        except HDNError as exc:
+            tally.fail(exc)
+    bar.close()
+    _summary(tally, out_dir)
+
+
+def _summary(tally: _Tally, out_dir: Path) -> None:
+    click.echo(f"denoised {tally.written} file(s), skipped {tally.skipped} already complete; "
+               f"outputs in {out_dir}")
+    if tally.failed:
+        click.echo(f"{len(tally.failed)} input(s) or series FAILED (see the errors above); "
+                   "nothing was written for them. Fix them and rerun: completed outputs are "
+                   "skipped", err=True)
+        sys.exit(2)

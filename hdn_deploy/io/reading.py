@@ -20,7 +20,7 @@ from .axes import Layout, layout_from_file
 from .metadata import PhysicalMetadata, physical_metadata
 
 __all__ = ["ImageData", "SeriesInfo", "list_series", "read_image", "available_memory",
-           "check_memory", "ome_companions"]
+           "check_memory", "ome_companions", "ome_companions_of"]
 
 _READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError)
 _UUID_FILE = re.compile(r"<(?:\w+:)?UUID\b[^>]*\bFileName\s*=\s*\"([^\"]+)\"")
@@ -154,6 +154,16 @@ def ome_companions(tif: tifffile.TiffFile, path: Path) -> list[Path]:
         return []
     names = dict.fromkeys(_UUID_FILE.findall(tif.ome_metadata or ""))
     return [path.parent / name for name in names]
+
+
+def ome_companions_of(path: str | Path) -> list[Path]:
+    """:func:`ome_companions` of the file at ``path`` (empty if it cannot be read)."""
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return ome_companions(tif, path)
+    except _READ_ERRORS:
+        return []
 
 
 def _check_companions(tif: tifffile.TiffFile, path: Path, series: tifffile.TiffPageSeries) -> None:
