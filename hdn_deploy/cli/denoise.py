@@ -38,7 +38,7 @@ class _Tally:
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception | str) -> None:
         click.echo(f"Error: {exc}", err=True)
         self.failed.append(str(exc))
 
@@ -232,7 +232,8 @@ def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_si
             _one_input(path, run)
         except DiskSpaceError as exc:
             tally.fail(exc)
-            tally.failed.extend(f"'{p}': not attempted" for p in paths[done + 1:])
+            for rest in paths[done + 1:]:
+                tally.fail(f"'{rest}': not attempted (the output folder is full)")
             break
         except HDNError as exc:
             tally.fail(exc)
