@@ -14,7 +14,7 @@ import click
 from tqdm.auto import tqdm
 
 from ..backends import BACKENDS
-from ..errors import DiskSpaceError, HDNError
+from ..errors import DiskSpaceError, HDNError, InputError
 from ..latents import SamplingMode
 from .main import handle_errors, main
 
@@ -59,7 +59,6 @@ class _Run:
 
 def _series_to_do(path: Path, run: _Run) -> list[tuple[int, int | None]]:
     """(series index, tag for output names or None) for each series of ``path`` to denoise."""
-    from ..errors import InputError
     from ..io import list_series
 
     infos = list_series(path)
@@ -215,7 +214,9 @@ def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_si
     den = Denoiser(model, backend=backend, threads=threads)
     _writable_folder(out_dir)  # fail before the first image is computed, not after
     paths = _start(out_dir, paths, tally)
-    run = _Run(den=den, out_dir=out_dir, root=common_root(paths) if paths else out_dir,
+    if not paths:
+        raise InputError("every file given is an output of hdn-deploy; nothing to denoise")
+    run = _Run(den=den, out_dir=out_dir, root=common_root(paths),
                inputs={p.resolve() for p in paths},
                settings=_settings(opts, den.package.model_hash), opts=opts, batch_size=batch_size,
                overwrite=overwrite, quiet=quiet, tally=tally)

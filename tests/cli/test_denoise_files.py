@@ -230,6 +230,8 @@ def test_own_outputs_are_never_inputs_and_rerun_skips(tiny_package, tmp_path):
     assert _tree(d) == ["a.tif", "a_mmse.tif", "a_std.tif", "renamed.tif"]
     res = _denoise(tiny_package, d, d)
     assert res.exit_code == 0 and "skipped 1" in res.output, res.output
+    res = _denoise(tiny_package, d / "renamed.tif", tmp_path / "o")
+    assert res.exit_code == 2 and "nothing to denoise" in res.output, res.output
 
 
 # -- 8. disk full ----------------------------------------------------------------------------------
