@@ -55,6 +55,18 @@ class _Run:
     overwrite: bool
     quiet: bool
     tally: _Tally
+    claimed: dict[Path, Path] = field(default_factory=dict)  # output -> input, this run
+
+
+def _claim(outputs: dict[str, Path], path: Path, run: _Run) -> None:
+    """Refuse outputs another input of this run already uses (``a.tif`` and ``a.tiff``)."""
+    from ..errors import OutputError
+
+    for out in outputs.values():
+        other = run.claimed.setdefault(out.resolve(), path)
+        if other != path:
+            raise OutputError(f"output '{out}' of '{path}' is also the output of '{other}' "
+                              "(same name but for the extension); rename one of them")
 
 
 def _series_to_do(path: Path, run: _Run) -> list[tuple[int, int | None]]:
@@ -101,6 +113,7 @@ def _denoise_series(path: Path, index: int, tag: int | None, source: dict[str, A
 
     source = {**source, "series": index}
     outputs = plan_outputs(path, run.root, run.out_dir, _kinds(run.opts), tag)
+    _claim(outputs, path, run)
     if not run.overwrite and is_complete(outputs, run.settings, source):
         run.tally.skipped += 1
         return
@@ -108,7 +121,7 @@ def _denoise_series(path: Path, index: int, tag: int | None, source: dict[str, A
     memory, disk = _estimate(path, index, run)
     check_memory(path, list_series(path)[index], memory)
     check_disk_space(next(iter(outputs.values())).parent, disk)
-    image = read_image(path, series=index, axes=run.opts["axes"])
+    image = read_image(path, series=index, axes=run.opts["axes"], allow_channels=True)
     opts = run.opts
     bar = tqdm(unit="tile", disable=run.quiet, desc=path.name, leave=False)
     result = None

@@ -229,6 +229,21 @@ def _pick_series(path: Path, infos: list[SeriesInfo], series: int | None) -> Ser
                      "series=N (CLI: --series N, or omit it to denoise every series)")
 
 
+def _one_channel(source: str, info: SeriesInfo, layout: Layout) -> None:
+    axes, shape = layout.file_axes, info.shape
+    if "C" in axes:
+        raise InputError(
+            f"{source} has several channels (axes {info.axes}, shape {shape}); HDN expects one "
+            "channel here; split channels first (a stack of 3 or 4 planes saved as RGB by "
+            "mistake: re-save it with photometric='minisblack')"
+        )
+    if len(axes) > 3:
+        raise InputError(
+            f"{source} has axes {axes} with shape {shape} after dropping singleton axes; "
+            "expected YX or one stack axis before YX (ZYX, TYX); split it into 2-D or 3-D files"
+        )
+
+
 def _check_values(path: Path, data: np.ndarray) -> None:
     if data.size == 0:
         raise InputError(f"'{path}' is empty (shape {data.shape})")
@@ -236,8 +251,8 @@ def _check_values(path: Path, data: np.ndarray) -> None:
         raise InputError(f"'{path}' has data type {data.dtype}; expected integers or real floats")
 
 
-def read_image(path: str | Path, *, series: int | None = None,
-               axes: str | None = None) -> ImageData:
+def read_image(path: str | Path, *, series: int | None = None, axes: str | None = None,
+               allow_channels: bool = False) -> ImageData:
     """Read one series of a TIFF as float32 planes.
 
     Parameters
@@ -251,6 +266,11 @@ def read_image(path: str | Path, *, series: int | None = None,
     axes : str, optional
         The series' axes (``YX``, ``ZYX``, ``YXC``, ``TZYX``, ...; see
         :mod:`hdn_deploy.io.axes`), overriding the file's metadata.
+    allow_channels : bool
+        Also accept several channels (``C``, incl. RGB) and several stack axes (e.g.
+        ``TZYX``, ``TCZYX``); each plane is then one entry of ``array``. False
+        (default) refuses them, as one-channel consumers (noise-model calibration,
+        training) need; ``hdn-deploy denoise`` passes True.
 
     Returns
     -------
@@ -270,6 +290,8 @@ def read_image(path: str | Path, *, series: int | None = None,
             info = _pick_series(path, _series_info(tif), series)
             source = f"'{path}' series {info.index}" if len(tif.series) > 1 else f"'{path}'"
             layout = layout_from_file(info.shape, info.axes, source=source, axes=axes)
+            if not allow_channels:
+                _one_channel(source, info, layout)
             check_memory(path, info, read_bytes_needed(info))
             tseries = tif.series[info.index]
             _check_companions(tif, path, tseries)

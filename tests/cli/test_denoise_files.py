@@ -131,7 +131,7 @@ def test_channel_last_needs_axes_and_is_denoised_per_channel(tiny_package, den, 
     np.testing.assert_array_equal(mmse, np.moveaxis(expected.mmse, 0, -1))
     samples = tifffile.imread(tmp_path / "o2" / "rgba_samples.tif")
     np.testing.assert_array_equal(samples, np.moveaxis(expected.samples, 1, -1))
-    assert read_image(tmp_path / "o2" / "rgba_mmse.tif").file_axes == "YXC"  # axes recorded
+    assert read_image(tmp_path / "o2" / "rgba_mmse.tif", allow_channels=True).file_axes == "YXC"  # axes recorded
 
 
 def test_imagej_channels_are_written_back_as_a_hyperstack(tiny_package, tmp_path):
@@ -170,7 +170,7 @@ def test_ome_physical_sizes_and_channel_names_are_kept(tiny_package, tmp_path):
     res = _denoise(tiny_package, path, tmp_path / "out")
     assert res.exit_code == 0, res.output
     for kind in ("mmse", "std"):
-        image = read_image(tmp_path / "out" / f"cells_{kind}.tif")
+        image = read_image(tmp_path / "out" / f"cells_{kind}.tif", allow_channels=True)
         assert image.physical.source == "ome" and image.physical.pixel_size == (0.108, 0.108)
         assert image.physical.unit == "µm" and image.physical.channel_names == ("DAPI", "GFP")
         assert read_hdn_metadata(tmp_path / "out" / f"cells_{kind}.tif")["kind"] == kind
@@ -198,6 +198,21 @@ def test_same_name_in_two_folders_is_mirrored_and_resume_keys_on_content(tiny_pa
     tifffile.imwrite(root / "Pos1" / "img_000000000.tif", _planes(1, 32, seed=5)[0])  # new content
     res = _denoise(tiny_package, str(root / "*" / "*.tif"), out, "--no-save-std")
     assert res.exit_code == 0 and "denoised 1 file(s), skipped 1" in res.output, res.output
+
+
+def test_inputs_with_the_same_output_name_are_refused(tiny_package, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", _planes(1, 32)[0])
+    tifffile.imwrite(src / "a.tiff", _planes(1, 32, seed=2)[0])
+    out = tmp_path / "out"
+    res = _denoise(tiny_package, src, out, "--no-save-std")
+    assert res.exit_code == 2, res.output
+    assert (f"output '{out / 'a_mmse.tif'}' of '{src / 'a.tiff'}' is also the output of "
+            f"'{src / 'a.tif'}'") in res.output
+    assert read_hdn_metadata(out / "a_mmse.tif")["input"] == str(src / "a.tif")
+    res = _denoise(tiny_package, src, out, "--no-save-std")  # the same on a rerun: no ping-pong
+    assert res.exit_code == 2 and "skipped 1" in res.output, res.output
 
 
 # -- 7. output folder = input folder ---------------------------------------------------------

@@ -105,6 +105,11 @@ def _write(path: Path, data, **kwargs) -> Path:
     [
         (lambda p: p / "missing.tif", "does not exist"),
         (lambda p: _text(p / "a.tif"), "cannot read .* as a TIFF"),
+        (lambda p: _write(p / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb"),
+         "expects one channel here; split channels first"),
+        (lambda p: _write(p / "c.tif", np.zeros((2, 8, 8), np.float32), imagej=True,
+                          metadata={"axes": "CYX"}), "expects one channel"),
+        (lambda p: _write(p / "4d.tif", np.zeros((2, 5, 8, 8), np.float32)), r"QQYX.*\(2, 5, 8, 8\).*ZYX"),
         (lambda p: _write(p / "chlast.tif", np.zeros((64, 64, 4), np.uint8), photometric="minisblack"),
          r"64x4-pixel images.*--axes YXC"),
         (lambda p: _write(p / "nan.tif", np.array([[0, np.nan], [1, 2]], np.float32)), "NaN or infinite"),

@@ -108,7 +108,7 @@ def test_channel_last_grey_is_refused_without_axes_and_read_with_them(tmp_path):
     tifffile.imwrite(tmp_path / "c.tif", data, photometric="minisblack")
     with pytest.raises(InputError, match=r"64x4-pixel images.*--axes YXC"):
         read_image(tmp_path / "c.tif")
-    image = read_image(tmp_path / "c.tif", axes="YXC")
+    image = read_image(tmp_path / "c.tif", axes="YXC", allow_channels=True)
     assert image.axes == "CYX" and image.file_axes == "YXC" and image.array.shape == (4, 64, 64)
     np.testing.assert_array_equal(image.array, np.moveaxis(data, -1, 0))
     np.testing.assert_array_equal(image.to_file_order(image.array), data)
@@ -125,16 +125,24 @@ def test_bad_axes_are_refused(tmp_path, axes, match):
         read_image(tmp_path / "c.tif", axes=axes)
 
 
+def test_channels_need_allow_channels(tmp_path):
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((2, 16, 16), np.uint8), imagej=True,
+                     metadata={"axes": "CYX"})
+    with pytest.raises(InputError, match="several channels"):
+        read_image(tmp_path / "c.tif")
+    assert read_image(tmp_path / "c.tif", allow_channels=True).array.shape == (2, 16, 16)
+
+
 def test_imagej_and_ome_axes_are_honoured(tmp_path):
     data = RNG.random((2, 3, 16, 16)).astype(np.float32)
     tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, metadata={"axes": "ZCYX"})
-    image = read_image(tmp_path / "ij.tif")
+    image = read_image(tmp_path / "ij.tif", allow_channels=True)
     assert image.axes == "ZCYX" and image.array.shape == (6, 16, 16)
     tifffile.imwrite(tmp_path / "o.ome.tif", data, ome=True, metadata={"axes": "CZYX"})
-    assert read_image(tmp_path / "o.ome.tif").axes == "CZYX"
+    assert read_image(tmp_path / "o.ome.tif", allow_channels=True).axes == "CZYX"
     rgb = RNG.integers(0, 255, (16, 16, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
-    assert read_image(tmp_path / "rgb.tif").file_axes == "YXC"
+    assert read_image(tmp_path / "rgb.tif", allow_channels=True).file_axes == "YXC"
 
 
 @pytest.mark.parametrize("axes, expected", [("YX", "YX"), ("SYX", "ZYX"), ("SZYX", "TZYX"),
@@ -185,7 +193,7 @@ def test_webp_lossless_rgb_reads_as_channels(tmp_path):
     data = RNG.integers(0, 250, (40, 48, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "w.tif", data, compression="webp", compressionargs={"lossless": True},
                      photometric="rgb")
-    image = read_image(tmp_path / "w.tif")
+    image = read_image(tmp_path / "w.tif", allow_channels=True)
     np.testing.assert_array_equal(image.to_file_order(image.array), data)
 
 
@@ -212,13 +220,13 @@ def test_ome_calibration_and_channel_names_are_carried(tmp_path):
         "axes": "TCYX", "PhysicalSizeX": 0.2, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.25,
         "PhysicalSizeYUnit": "µm", "TimeIncrement": 30.0, "TimeIncrementUnit": "s",
         "Channel": {"Name": ["DAPI", "GFP", "RFP"]}, "Name": "well A1", "Description": "2 ms"})
-    image = read_image(tmp_path / "in.ome.tif")
+    image = read_image(tmp_path / "in.ome.tif", allow_channels=True)
     phys = image.physical
     assert phys.pixel_size == (0.2, 0.25) and phys.unit == "µm" and phys.time_interval == 30.0
     assert phys.channel_names == ("DAPI", "GFP", "RFP") and phys.description == "2 ms"
     out = write_tiff_atomic(tmp_path / "o.tif", image.to_file_order(image.array),
                             metadata={"kind": "mmse"}, axes=image.file_axes, physical=phys)
-    back = read_image(out).physical
+    back = read_image(out, allow_channels=True).physical
     assert (back.source, back.pixel_size, back.unit) == ("ome", (0.2, 0.25), "µm")
     assert back.channel_names == ("DAPI", "GFP", "RFP") and back.time_interval == 30.0
     assert read_hdn_metadata(out) == {"kind": "mmse"}
