@@ -38,6 +38,10 @@ class _Tally:
     failed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def note(self, text: str) -> None:
+        click.echo(text, err=True)
+        self.notes.append(text)
+
     def fail(self, exc: Exception | str) -> None:
         click.echo(f"Error: {exc}", err=True)
         self.failed.append(str(exc))
@@ -69,8 +73,8 @@ def _claim(outputs: dict[str, Path], path: Path, run: _Run) -> None:
                               "(same name but for the extension); rename one of them")
 
 
-def _series_to_do(path: Path, run: _Run) -> list[tuple[int, int | None]]:
-    """(series index, tag for output names or None) for each series of ``path`` to denoise."""
+def _series_to_do(path: Path, run: _Run) -> list[tuple[Any, int | None]]:
+    """(SeriesInfo, tag for output names or None) for each series of ``path`` to denoise."""
     from ..io import list_series
 
     infos = list_series(path)
@@ -80,50 +84,33 @@ def _series_to_do(path: Path, run: _Run) -> list[tuple[int, int | None]]:
         if not 0 <= chosen < len(infos):
             raise InputError(f"'{path}' has {len(infos)} series (0 to {len(infos) - 1}); "
                              f"--series {chosen} does not exist")
-        return [(chosen, chosen if tagged else None)]
+        return [(infos[chosen], chosen if tagged else None)]
     for info in infos:
         if info.reduced:
-            note = f"'{path}' {info.describe()}: not denoised (a thumbnail, not image data)"
-            click.echo(note, err=True)
-            run.tally.notes.append(note)
-    return [(i.index, i.index if tagged else None) for i in infos if not i.reduced]
+            run.tally.note(f"'{path}' {info.describe()}: not denoised (a thumbnail, not image data)")
+    return [(i, i.index if tagged else None) for i in infos if not i.reduced]
 
 
-def _estimate(path: Path, index: int, run: _Run) -> tuple[int, int]:
-    """(memory, disk) bytes needed to denoise and write series ``index`` of ``path``."""
+def _check_resources(path: Path, info: Any, outputs: dict[str, Path], run: _Run) -> None:
+    """Refuse before reading: not enough memory to denoise, or disk space to write."""
     import numpy as np
 
-    from ..io import list_series, read_bytes_needed, tiff_bytes
+    from ..io import check_disk_space, check_memory, read_bytes_needed, tiff_bytes
 
-    info = list_series(path)[index]
     pixels = int(np.prod(info.shape, dtype=np.float64))
     keep = min(run.opts["save_samples"], run.opts["samples"])
-    memory = read_bytes_needed(info) + 4 * pixels * (3 + keep)
+    check_memory(path, info, read_bytes_needed(info) + 4 * pixels * (3 + keep))
     out_dtype = info.dtype if run.opts["output_dtype"] == "input" else np.float32
-    disk = tiff_bytes(info.shape, out_dtype) + (tiff_bytes(info.shape, np.float32) if run.opts["save_std"] else 0)
-    disk += keep * tiff_bytes(info.shape, out_dtype)
-    return memory, disk
-
-
-def _denoise_series(path: Path, index: int, tag: int | None, source: dict[str, Any], run: _Run) -> None:
-    from ..denoiser import DEFAULT_BATCH
-    from ..io import (TiffOutput, cast_to_dtype, check_disk_space, check_memory,
-                      check_output_conflicts, is_complete, list_series, plan_outputs,
-                      read_image, write_outputs_atomic)
-
-    source = {**source, "series": index}
-    outputs = plan_outputs(path, run.root, run.out_dir, _kinds(run.opts), tag)
-    _claim(outputs, path, run)
-    if not run.overwrite and is_complete(outputs, run.settings, source):
-        run.tally.skipped += 1
-        return
-    check_output_conflicts(outputs, run.inputs, path)
-    memory, disk = _estimate(path, index, run)
-    check_memory(path, list_series(path)[index], memory)
+    disk = (1 + keep) * tiff_bytes(info.shape, out_dtype)
+    disk += tiff_bytes(info.shape, np.float32) if run.opts["save_std"] else 0
     check_disk_space(next(iter(outputs.values())).parent, disk)
-    image = read_image(path, series=index, axes=run.opts["axes"], allow_channels=True)
+
+
+def _run_denoiser(image: Any, run: _Run) -> Any:
+    from ..denoiser import DEFAULT_BATCH
+
     opts = run.opts
-    bar = tqdm(unit="tile", disable=run.quiet, desc=path.name, leave=False)
+    bar = tqdm(unit="tile", disable=run.quiet, desc=image.path.name, leave=False)
     result = None
     for event in run.den.iter_denoise(
         image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
@@ -134,16 +121,42 @@ def _denoise_series(path: Path, index: int, tag: int | None, source: dict[str, A
         bar.update(event.tiles_done - bar.n)
         result = event.result
     bar.close()
-    meta = {**result.metadata, "input": str(path), "source": source, "settings": run.settings,
-            "axes": image.file_axes, "input_metadata": image.physical.to_json()}
-    cast = (lambda a: cast_to_dtype(a, image.dtype)) if opts["output_dtype"] == "input" else (lambda a: a)
+    return result
+
+
+def _output_files(image: Any, result: Any, outputs: dict[str, Path], source: dict[str, Any],
+                  run: _Run) -> list[Any]:
+    """The TIFFs of one series, in the input's axes order, with its physical metadata."""
+    from ..io import TiffOutput, cast_to_dtype
+
+    meta = {**result.metadata, "input": str(image.path), "source": source,
+            "settings": run.settings, "axes": image.file_axes,
+            "input_metadata": image.physical.to_json()}
+    as_input = run.opts["output_dtype"] == "input"
+    cast = (lambda a: cast_to_dtype(a, image.dtype)) if as_input else (lambda a: a)
     arrays = {"mmse": cast(result.mmse), "std": result.std}
     files = [TiffOutput(outputs[k], image.to_file_order(arrays[k]), image.file_axes,
                         {**meta, "kind": k}, image.physical) for k in ("mmse", "std") if k in outputs]
     if "samples" in outputs:
         files.append(TiffOutput(outputs["samples"], image.to_file_order(cast(result.samples), leading=1),
                                 "S" + image.file_axes, {**meta, "kind": "samples"}, image.physical))
-    write_outputs_atomic(files)
+    return files
+
+
+def _denoise_series(path: Path, info: Any, tag: int | None, source: dict[str, Any], run: _Run) -> None:
+    from ..io import check_output_conflicts, is_complete, plan_outputs, read_image, write_outputs_atomic
+
+    source = {**source, "series": info.index}
+    outputs = plan_outputs(path, run.root, run.out_dir, _kinds(run.opts), tag)
+    _claim(outputs, path, run)
+    if not run.overwrite and is_complete(outputs, run.settings, source):
+        run.tally.skipped += 1
+        return
+    check_output_conflicts(outputs, run.inputs, path)
+    _check_resources(path, info, outputs, run)
+    image = read_image(path, series=info.index, axes=run.opts["axes"], allow_channels=True)
+    result = _run_denoiser(image, run)
+    write_outputs_atomic(_output_files(image, result, outputs, source, run))
     run.tally.written += 1
 
 
@@ -152,9 +165,9 @@ def _one_input(path: Path, run: _Run) -> None:
 
     rel = path.resolve().relative_to(run.root).as_posix()
     source = {"path": rel, "fingerprint": fingerprint(path)}
-    for index, tag in _series_to_do(path, run):
+    for info, tag in _series_to_do(path, run):
         try:
-            _denoise_series(path, index, tag, source, run)
+            _denoise_series(path, info, tag, source, run)
         except DiskSpaceError:
             raise
         except HDNError as exc:
@@ -172,9 +185,7 @@ def _start(out_dir: Path, paths: list[Path], tally: _Tally) -> list[Path]:
                    f"below '{out_dir}'", err=True)
     inputs, ours = split_own_outputs(paths)
     for path in ours:
-        note = f"'{path}': not an input, an output of hdn-deploy (ignored)"
-        click.echo(note, err=True)
-        tally.notes.append(note)
+        tally.note(f"'{path}': not an input, an output of hdn-deploy (ignored)")
     return inputs
 
 
@@ -237,8 +248,8 @@ def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_si
     bar = tqdm(paths, unit="file", disable=quiet or len(paths) < 2, desc="files")
     for done, path in enumerate(bar):
         if path.resolve() in covered:
-            tally.notes.append(f"'{path}': read as part of the multi-file OME-TIFF of "
-                               f"'{covered[path.resolve()]}'")
+            tally.note(f"'{path}': read as part of the multi-file OME-TIFF of "
+                       f"'{covered[path.resolve()]}'")
             continue
         try:
             for other in ome_companions_of(path):

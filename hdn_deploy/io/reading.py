@@ -122,7 +122,8 @@ def _open(path: Path) -> tifffile.TiffFile:
 def _series_info(tif: tifffile.TiffFile) -> list[SeriesInfo]:
     infos = []
     for i, s in enumerate(tif.series):
-        reduced = bool(int(s.keyframe.subfiletype) & int(tifffile.FILETYPE.REDUCEDIMAGE))
+        reduced = (bool(int(s.keyframe.subfiletype) & int(tifffile.FILETYPE.REDUCEDIMAGE))
+                   or str(s.name).lower() == "thumbnail")  # e.g. Aperio SVS
         infos.append(SeriesInfo(i, tuple(int(n) for n in s.shape), s.axes, np.dtype(s.dtype),
                                 reduced))
     return infos

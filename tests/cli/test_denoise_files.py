@@ -99,6 +99,7 @@ def test_multi_file_ome_is_one_input_and_a_missing_file_writes_nothing(tiny_pack
     res = _denoise(tiny_package, tmp_path / "ome", out)
     assert res.exit_code == 0, res.output
     assert _tree(out) == ["m_0_mmse.tif", "m_0_std.tif"]  # m_1, m_2: planes of the same set
+    assert f"'{files[1]}': read as part of the multi-file OME-TIFF of '{files[0]}'" in res.output
     assert tifffile.imread(out / "m_0_mmse.tif").shape == (3, 32, 32)
 
     files[2].unlink()
