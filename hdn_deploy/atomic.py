@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["TEMP_PATTERN", "create_temp_beside", "atomic_path", "atomic_write_bytes",
+__all__ = ["TEMP_PATTERN", "create_temp_beside", "atomic_path", "atomic_paths", "atomic_write_bytes",
            "atomic_write_text", "staged_folder", "remove_stale_temps"]
 
 #: Names of our temporaries: ``.<target name>.<12 hex digits>.tmp``.
@@ -90,6 +90,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
+        raise
+
+
+@contextmanager
+def atomic_paths(paths: "list[str | Path]") -> Iterator[list[Path]]:
+    """Like :func:`atomic_path` for several files that must appear together or not at all.
+
+    Yields one temporary per path; when the block succeeds all are fsynced and then
+    renamed. If the block raises, every temporary is removed and no target changes; if
+    a rename fails, the targets already renamed are removed too (so none of the group
+    is left), then the error propagates.
+    """
+    paths = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temps.append(create_temp_beside(path))
+        yield temps
+        for tmp in temps:
+            _fsync(tmp)
+    except BaseException:
+        for tmp in temps:
+            _remove(tmp)
+        raise
+    done: list[Path] = []
+    try:
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException:
+        for path in done:
+            _remove(path)
+        for tmp in temps:
+            _remove(tmp)
         raise
 
 

@@ -41,3 +41,11 @@ class HDNWarning(UserWarning):
 class OutOfRangeWarning(HDNWarning):
     """Some pixels of an input lie outside the model's intensity range, or the package
     stores no range to check against."""
+
+
+class OutputError(HDNError):
+    """An output cannot be written: it would overwrite a file that is not ours, or no space."""
+
+
+class DiskSpaceError(OutputError):
+    """The output folder has not enough free space (names the folder and the bytes needed)."""

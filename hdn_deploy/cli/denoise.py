@@ -1,50 +1,202 @@
-"""`hdn-deploy denoise`: many files, resumable, atomic outputs, metadata for provenance."""
+"""`hdn-deploy denoise`: many files, resumable, atomic outputs, metadata for provenance.
+
+Every series of every input is attempted; a failure is reported and the rest still runs;
+the command exits 2 if anything failed, after a summary.
+"""
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 from tqdm.auto import tqdm
 
+from ..errors import DiskSpaceError, HDNError, InputError
 from ..options import BackendName, BlendMode, OutputDtype, SamplingMode, values
 from .aliases import AliasOption
 from .main import handle_errors, main
 
+_SETTING_KEYS = ("samples", "seed", "tile", "overlap", "sampling", "save_std", "save_samples",
+                 "output_dtype", "blend", "axes")
+
 
 def _settings(opts: dict[str, Any], model_hash: str) -> dict[str, Any]:
     """What must match for an existing output to count as complete."""
-    keys = ("samples", "seed", "tile", "overlap", "sampling", "save_std", "save_samples",
-            "output_dtype", "blend")
-    return {"model_sha256": model_hash, **{k: opts[k] for k in keys}}
+    return {"model_sha256": model_hash, **{k: opts[k] for k in _SETTING_KEYS}}
 
 
-def _outputs(path: Path, out_dir: Path, opts: dict[str, Any]) -> dict[str, Path]:
-    from ..io import output_path
-
-    outputs = {"mmse": output_path(path, out_dir, "mmse")}
-    if opts["save_std"]:
-        outputs["std"] = output_path(path, out_dir, "std")
-    if opts["save_samples"]:
-        outputs["samples"] = output_path(path, out_dir, "samples")
-    return outputs
+def _kinds(opts: dict[str, Any]) -> list[str]:
+    return ["mmse"] + (["std"] if opts["save_std"] else []) + (["samples"] if opts["save_samples"] else [])
 
 
-def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
-    from ..io import read_hdn_metadata
+@dataclass
+class _Tally:
+    written: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
-    for path in outputs.values():
-        meta = read_hdn_metadata(path) if path.is_file() else None
-        if not meta or meta.get("settings") != settings:
-            return False
-    return True
+    def note(self, text: str) -> None:
+        click.echo(text, err=True)
+        self.notes.append(text)
+
+    def fail(self, exc: Exception | str) -> None:
+        click.echo(f"Error: {exc}", err=True)
+        self.failed.append(str(exc))
+
+
+@dataclass
+class _Run:
+    den: Any
+    out_dir: Path
+    root: Path
+    inputs: set[Path]
+    settings: dict[str, Any]
+    opts: dict[str, Any]
+    batch_size: int | None
+    overwrite: bool
+    quiet: bool
+    tally: _Tally
+    claimed: dict[Path, Path] = field(default_factory=dict)  # output -> input, this run
+
+
+def _claim(outputs: dict[str, Path], path: Path, run: _Run) -> None:
+    """Refuse outputs another input of this run already uses (``a.tif`` and ``a.tiff``)."""
+    from ..errors import OutputError
+
+    for out in outputs.values():
+        other = run.claimed.setdefault(out.resolve(), path)
+        if other != path:
+            raise OutputError(f"output '{out}' of '{path}' is also the output of '{other}' "
+                              "(same name but for the extension); rename one of them")
+
+
+def _series_to_do(path: Path, run: _Run) -> list[tuple[Any, int | None]]:
+    """(SeriesInfo, tag for output names or None) for each series of ``path`` to denoise."""
+    from ..io import list_series
+
+    infos = list_series(path)
+    tagged = len(infos) > 1
+    chosen = run.opts["series"]
+    if chosen is not None:
+        if not 0 <= chosen < len(infos):
+            raise InputError(f"'{path}' has {len(infos)} series (0 to {len(infos) - 1}); "
+                             f"--series {chosen} does not exist")
+        return [(infos[chosen], chosen if tagged else None)]
+    for info in infos:
+        if info.reduced:
+            run.tally.note(f"'{path}' {info.describe()}: not denoised (a thumbnail, not image data)")
+    return [(i, i.index if tagged else None) for i in infos if not i.reduced]
+
+
+def _check_resources(path: Path, info: Any, outputs: dict[str, Path], run: _Run) -> None:
+    """Refuse before reading: not enough memory to denoise, or disk space to write."""
+    import numpy as np
+
+    from ..io import check_disk_space, check_memory, read_bytes_needed, tiff_bytes
+
+    pixels = int(np.prod(info.shape, dtype=np.float64))
+    keep = min(run.opts["save_samples"], run.opts["samples"])
+    check_memory(path, info, read_bytes_needed(info) + 4 * pixels * (3 + keep))
+    out_dtype = info.dtype if run.opts["output_dtype"] == "input" else np.float32
+    disk = (1 + keep) * tiff_bytes(info.shape, out_dtype)
+    disk += tiff_bytes(info.shape, np.float32) if run.opts["save_std"] else 0
+    check_disk_space(next(iter(outputs.values())).parent, disk)
+
+
+def _run_denoiser(image: Any, run: _Run) -> Any:
+    from ..denoiser import DEFAULT_BATCH
+    from ..range_check import about_file
+
+    opts = run.opts
+    bar = tqdm(unit="tile", disable=run.quiet, desc=image.path.name, leave=False)
+    result = None
+    with about_file(image.path, lambda message: click.echo(message, err=True)):
+        for event in run.den.iter_denoise(
+            image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
+            overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
+            batch_size=run.batch_size or DEFAULT_BATCH, blend=opts["blend"],
+            allow_out_of_range=opts["allow_out_of_range"],
+        ):
+            bar.total = event.tiles_total
+            bar.update(event.tiles_done - bar.n)
+            result = event.result
+    bar.close()
+    return result
+
+
+def _output_files(image: Any, result: Any, outputs: dict[str, Path], source: dict[str, Any],
+                  run: _Run) -> list[Any]:
+    """The TIFFs of one series, in the input's axes order, with its physical metadata."""
+    from ..io import TiffOutput, cast_to_dtype
+
+    meta = {**result.metadata, "input": str(image.path), "source": source,
+            "settings": run.settings, "axes": image.file_axes,
+            "input_metadata": image.physical.to_json()}
+    as_input = run.opts["output_dtype"] == "input"
+    cast = (lambda a: cast_to_dtype(a, image.dtype)) if as_input else (lambda a: a)
+    arrays = {"mmse": cast(result.mmse), "std": result.std}
+    files = [TiffOutput(outputs[k], image.to_file_order(arrays[k]), image.file_axes,
+                        {**meta, "kind": k}, image.physical) for k in ("mmse", "std") if k in outputs]
+    if "samples" in outputs:
+        files.append(TiffOutput(outputs["samples"], image.to_file_order(cast(result.samples), leading=1),
+                                "S" + image.file_axes, {**meta, "kind": "samples"}, image.physical))
+    return files
+
+
+def _denoise_series(path: Path, info: Any, tag: int | None, source: dict[str, Any], run: _Run) -> None:
+    from ..io import check_output_conflicts, is_complete, plan_outputs, read_image, write_outputs_atomic
+
+    source = {**source, "series": info.index}
+    outputs = plan_outputs(path, run.root, run.out_dir, _kinds(run.opts), tag)
+    _claim(outputs, path, run)
+    if not run.overwrite and is_complete(outputs, run.settings, source):
+        run.tally.skipped += 1
+        return
+    check_output_conflicts(outputs, run.inputs, path)
+    _check_resources(path, info, outputs, run)
+    image = read_image(path, series=info.index, axes=run.opts["axes"], allow_channels=True)
+    result = _run_denoiser(image, run)
+    write_outputs_atomic(_output_files(image, result, outputs, source, run))
+    run.tally.written += 1
+
+
+def _one_input(path: Path, run: _Run) -> None:
+    from ..io import fingerprint
+
+    rel = path.resolve().relative_to(run.root).as_posix()
+    source = {"path": rel, "fingerprint": fingerprint(path)}
+    for info, tag in _series_to_do(path, run):
+        try:
+            _denoise_series(path, info, tag, source, run)
+        except DiskSpaceError:
+            raise
+        except HDNError as exc:
+            run.tally.fail(exc)
+
+
+def _start(out_dir: Path, paths: list[Path], tally: _Tally) -> list[Path]:
+    """Remove our stale temporaries below ``out_dir``; drop our own outputs from the inputs."""
+    from ..atomic import remove_stale_temps
+    from ..io import split_own_outputs
+
+    removed = remove_stale_temps(out_dir, recursive=True)
+    if removed:
+        click.echo(f"removed {len(removed)} stale temporary file(s) of an interrupted run "
+                   f"below '{out_dir}'", err=True)
+    inputs, ours = split_own_outputs(paths)
+    for path in ours:
+        tally.note(f"'{path}': not an input, an output of hdn-deploy (ignored)")
+    return inputs
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-m", "--model", required=True, type=click.Path(), help="Model package folder.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (created if missing).")
+              help="Output folder (created if missing); the inputs' folder tree is mirrored below it.")
 @click.option("--n-samples", "samples", cls=AliasOption, aliases=("--samples",), default=100,
               show_default=True, help="Posterior samples per image.")
 @click.option("--seed", default=0, show_default=True, help="Seed of all latent noise.")
@@ -59,6 +211,12 @@ def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
               help="Write the per-pixel std (uncertainty).")
 @click.option("--keep-samples", "save_samples", cls=AliasOption, aliases=("--save-samples",),
               default=0, show_default=True, help="Also write the first K samples.")
+@click.option("--series", type=click.IntRange(min=0), default=None,
+              help="Denoise only this series of each file (default: every series but thumbnails; "
+              "files with several series get _s<N> in their output names).")
+@click.option("--axes", default=None, help="Axes of the inputs when their metadata is missing or "
+              "wrong, one letter per dimension: YX, ZYX, TYX, YXC, CYX, TZYX, STYX ... "
+              "(S: independent images, C: channels, each denoised on its own).")
 @click.option("--backend", type=click.Choice(values(BackendName)), default="auto", show_default=True)
 @click.option("--threads", type=int, help="CPU threads for the backend.")
 @click.option("--batch-size", default=None, type=int, help="Samples per network call.")
@@ -74,49 +232,54 @@ def _complete(outputs: dict[str, Path], settings: dict[str, Any]) -> bool:
 def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, **opts):
     """Denoise TIFF INPUTS (files, folders, globs) with the model package MODEL.
 
-    Writes <name>_mmse.tif (and _std.tif, _samples.tif) into the output folder. Outputs are
-    written atomically; a rerun skips files whose outputs are complete with the same settings.
+    Writes <name>_mmse.tif (and _std.tif, _samples.tif) below the output folder, mirroring
+    the inputs' folders, with the input's axes order and physical metadata. The outputs of
+    one input are written together, atomically; a rerun skips inputs whose outputs are
+    complete for the same input content and settings. Files hdn-deploy wrote are never
+    taken as inputs, and no file that hdn-deploy did not write is overwritten. Exits 2 if
+    any input, series or plane could not be denoised (after doing the rest).
     """
-    from ..denoiser import DEFAULT_BATCH, Denoiser
-    from ..io import _writable_folder, cast_to_dtype, expand_inputs, read_image, write_tiff_atomic
-    from ..range_check import about_file
+    from ..denoiser import Denoiser
+    from ..io import _writable_folder, common_root, expand_inputs, ome_companions_of
 
+    tally = _Tally()
     paths = expand_inputs(inputs)
     den = Denoiser(model, backend=backend, threads=threads)
     _writable_folder(out_dir)  # fail before the first image is computed, not after
-    settings = _settings(opts, den.package.model_hash)
-    skipped = written = 0
-    files_bar = tqdm(paths, unit="file", disable=quiet or len(paths) < 2, desc="files")
-    for path in files_bar:
-        outputs = _outputs(path, out_dir, opts)
-        if not overwrite and _complete(outputs, settings):
-            skipped += 1
+    paths = _start(out_dir, paths, tally)
+    if not paths:
+        raise InputError("every file given is an output of hdn-deploy; nothing to denoise")
+    run = _Run(den=den, out_dir=out_dir, root=common_root(paths),
+               inputs={p.resolve() for p in paths},
+               settings=_settings(opts, den.package.model_hash), opts=opts, batch_size=batch_size,
+               overwrite=overwrite, quiet=quiet, tally=tally)
+    covered: dict[Path, Path] = {}
+    bar = tqdm(paths, unit="file", disable=quiet or len(paths) < 2, desc="files")
+    for done, path in enumerate(bar):
+        if path.resolve() in covered:
+            tally.note(f"'{path}': read as part of the multi-file OME-TIFF of "
+                       f"'{covered[path.resolve()]}'")
             continue
-        image = read_image(path)
-        tiles_bar = tqdm(unit="tile", disable=quiet, desc=path.name, leave=False)
-        result = None
-        with about_file(path, lambda message: click.echo(message, err=True)):
-            for event in den.iter_denoise(
-                image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
-                overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
-                batch_size=batch_size or DEFAULT_BATCH, blend=opts["blend"],
-                allow_out_of_range=opts["allow_out_of_range"],
-            ):
-                tiles_bar.total = event.tiles_total
-                tiles_bar.update(event.tiles_done - tiles_bar.n)
-                result = event.result
-        tiles_bar.close()
-        meta = {**result.metadata, "input": str(path), "settings": settings}
-        cast = (lambda a: cast_to_dtype(a, image.dtype)) if opts["output_dtype"] == "input" else (lambda a: a)
-        # mmse last: its presence with matching settings marks the file as done.
-        if "samples" in outputs:
-            # samples first: (k, Y, X) -> 'SYX'; for stacks (k, n, Y, X) -> hyperstack 'TZYX'
-            write_tiff_atomic(outputs["samples"], cast(result.samples),
-                              metadata={**meta, "kind": "samples"},
-                              axes="SYX" if image.axes == "YX" else "TZYX")
-        if "std" in outputs:
-            write_tiff_atomic(outputs["std"], result.std, metadata={**meta, "kind": "std"}, axes=image.axes)
-        write_tiff_atomic(outputs["mmse"], cast(result.mmse), metadata={**meta, "kind": "mmse"},
-                          axes=image.axes)
-        written += 1
-    click.echo(f"denoised {written} file(s), skipped {skipped} already complete; outputs in {out_dir}")
+        try:
+            for other in ome_companions_of(path):
+                covered.setdefault(other.resolve(), path)
+            _one_input(path, run)
+        except DiskSpaceError as exc:
+            tally.fail(exc)
+            for rest in paths[done + 1:]:
+                tally.fail(f"'{rest}': not attempted (the output folder is full)")
+            break
+        except HDNError as exc:
+            tally.fail(exc)
+    bar.close()
+    _summary(tally, out_dir)
+
+
+def _summary(tally: _Tally, out_dir: Path) -> None:
+    click.echo(f"denoised {tally.written} file(s), skipped {tally.skipped} already complete; "
+               f"outputs in {out_dir}")
+    if tally.failed:
+        click.echo(f"{len(tally.failed)} input(s) or series FAILED (see the errors above); "
+                   "nothing was written for them. Fix them and rerun: completed outputs are "
+                   "skipped", err=True)
+        sys.exit(2)

@@ -147,8 +147,8 @@ def _write_bad(kind: str, folder: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tifffile: "zero-size array"
             tifffile.imwrite(path, np.zeros((0, 16), np.float32))
-    elif kind == "fourd":
-        tifffile.imwrite(path, np.zeros((2, 5, 16, 16), np.float32), photometric="minisblack")
+    elif kind == "chlast":  # (64, 64, 4) channel-last saved as grey: 64 images of 64x4
+        tifffile.imwrite(path, np.zeros((64, 64, 4), np.uint8), photometric="minisblack")
     return path
 
 
@@ -156,7 +156,7 @@ def _write_bad(kind: str, folder: Path) -> Path:
     ("nottiff", "cannot read"),
     ("nan", "NaN"),
     ("empty", "empty"),
-    ("fourd", "axes QQYX"),
+    ("chlast", "--axes YXC"),
 ])
 def test_bad_images_fail_cleanly(tiny_package, tmp_path, kind, message):
     path = _write_bad(kind, tmp_path)

@@ -59,7 +59,7 @@ def test_written_file_is_imagej_and_stack_axes_map(tmp_path):
 
 
 def test_unknown_stack_axis_is_q_and_singletons_are_dropped(tmp_path):
-    tifffile.imwrite(tmp_path / "q.tif", np.ones((5, 4, 5), np.float32))  # 3 planes would be RGB
+    tifffile.imwrite(tmp_path / "q.tif", np.ones((5, 8, 9), np.float32))  # 3 planes would be RGB
     assert read_image(tmp_path / "q.tif").axes == "QYX"
     tifffile.imwrite(
         tmp_path / "one.tif", np.ones((1, 1, 4, 5), np.float32), imagej=True, metadata={"axes": "TZYX"}
@@ -106,13 +106,15 @@ def _write(path: Path, data, **kwargs) -> Path:
         (lambda p: p / "missing.tif", "does not exist"),
         (lambda p: _text(p / "a.tif"), "cannot read .* as a TIFF"),
         (lambda p: _write(p / "rgb.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb"),
-         "expects one channel; split channels first"),
+         "expects one channel here; split channels first"),
         (lambda p: _write(p / "c.tif", np.zeros((2, 8, 8), np.float32), imagej=True,
                           metadata={"axes": "CYX"}), "expects one channel"),
+        (lambda p: _write(p / "4d.tif", np.zeros((2, 5, 8, 8), np.float32)), r"QQYX.*\(2, 5, 8, 8\).*ZYX"),
+        (lambda p: _write(p / "chlast.tif", np.zeros((64, 64, 4), np.uint8), photometric="minisblack"),
+         r"64x4-pixel images.*--axes YXC"),
         (lambda p: _write(p / "nan.tif", np.array([[0, np.nan], [1, 2]], np.float32)), "NaN or infinite"),
         (lambda p: _write(p / "inf.tif", np.array([[0, 1e300], [1, 2]], np.float64)), "NaN or infinite"),
         (lambda p: _write(p / "empty.tif", np.zeros((0, 4), np.float32)), "empty"),
-        (lambda p: _write(p / "4d.tif", np.zeros((2, 5, 8, 8), np.float32)), r"QQYX.*\(2, 5, 8, 8\).*ZYX"),
         (lambda p: _write(p / "1d.tif", np.zeros(8, np.float32)), "1-D"),
         (lambda p: _write(p / "cplx.tif", np.zeros((4, 4), np.complex64)), "complex64"),
     ],
