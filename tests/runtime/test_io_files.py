@@ -214,6 +214,17 @@ def test_imagej_calibration_is_read_and_written(tmp_path):
     assert read_hdn_metadata(out) == {"k": 1}
 
 
+def test_imagej_frame_interval_is_kept(tmp_path):
+    data = np.zeros((4, 16, 16), np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=True, metadata={"axes": "TYX", "finterval": 2.5})
+    image = read_image(tmp_path / "t.tif")
+    assert image.axes == "TYX" and image.physical.time_interval == 2.5
+    out = write_tiff_atomic(tmp_path / "o.tif", image.array, metadata={}, axes="TYX",
+                            physical=image.physical)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.imagej_metadata["finterval"] == 2.5 and tif.series[0].axes == "TYX"
+
+
 def test_ome_calibration_and_channel_names_are_carried(tmp_path):
     data = np.zeros((2, 3, 16, 16), np.uint16)
     tifffile.imwrite(tmp_path / "in.ome.tif", data, ome=True, metadata={
