@@ -189,6 +189,20 @@ def test_lossy_compressions_read_close(tmp_path, compression, args):
     assert np.abs(read_image(tmp_path / "l.tif").array - data).max() <= 8
 
 
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd", "jpeg2000"])
+def test_damaged_compressed_data_is_a_clear_error(tmp_path, compression):
+    path = tmp_path / "bad.tif"
+    tifffile.imwrite(path, RNG.integers(0, 255, (64, 64)).astype(np.uint8), compression=compression,
+                     rowsperstrip=64)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[offset + 8:offset + count - 8] = b"\xff" * (count - 16)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"cannot decode the pixel data of .*bad\.tif.*damaged"):
+        read_image(path)
+
+
 def test_webp_lossless_rgb_reads_as_channels(tmp_path):
     data = RNG.integers(0, 250, (40, 48, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "w.tif", data, compression="webp", compressionargs={"lossless": True},
