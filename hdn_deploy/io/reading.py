@@ -216,6 +216,15 @@ def read_bytes_needed(info: SeriesInfo) -> int:
     return info.nbytes + 2 * 4 * int(np.prod(info.shape, dtype=np.float64))
 
 
+def _decode(path: Path, series: tifffile.TiffPageSeries) -> np.ndarray:
+    try:
+        return series.asarray()
+    except RuntimeError as exc:  # imagecodecs' errors (DeflateError, ImcdError ...) derive from it
+        compression = getattr(series.keyframe.compression, "name", "?")
+        raise InputError(f"cannot decode the pixel data of '{path}' (compression {compression}): "
+                         f"{exc}; the file is damaged or truncated") from exc
+
+
 def _pick_series(path: Path, infos: list[SeriesInfo], series: int | None) -> SeriesInfo:
     if series is not None:
         if not 0 <= series < len(infos):
@@ -296,7 +305,7 @@ def read_image(path: str | Path, *, series: int | None = None, axes: str | None 
             check_memory(path, info, read_bytes_needed(info))
             tseries = tif.series[info.index]
             _check_companions(tif, path, tseries)
-            data = tseries.asarray()
+            data = _decode(path, tseries)
             physical = physical_metadata(tif, info.index)
         except InputError:
             raise

@@ -189,6 +189,20 @@ def test_lossy_compressions_read_close(tmp_path, compression, args):
     assert np.abs(read_image(tmp_path / "l.tif").array - data).max() <= 8
 
 
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd", "jpeg2000"])
+def test_damaged_compressed_data_is_a_clear_error(tmp_path, compression):
+    path = tmp_path / "bad.tif"
+    tifffile.imwrite(path, RNG.integers(0, 255, (64, 64)).astype(np.uint8), compression=compression,
+                     rowsperstrip=64)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[offset + 8:offset + count - 8] = b"\xff" * (count - 16)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"cannot decode the pixel data of .*bad\.tif.*damaged"):
+        read_image(path)
+
+
 def test_webp_lossless_rgb_reads_as_channels(tmp_path):
     data = RNG.integers(0, 250, (40, 48, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "w.tif", data, compression="webp", compressionargs={"lossless": True},
@@ -212,6 +226,17 @@ def test_imagej_calibration_is_read_and_written(tmp_path):
         assert tif.pages[0].get_resolution() == pytest.approx((1 / 0.65, 1 / 0.65), rel=1e-6)
         assert tif.imagej_metadata["unit"] == "um" and tif.imagej_metadata["spacing"] == 2.5
     assert read_hdn_metadata(out) == {"k": 1}
+
+
+def test_imagej_frame_interval_is_kept(tmp_path):
+    data = np.zeros((4, 16, 16), np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=True, metadata={"axes": "TYX", "finterval": 2.5})
+    image = read_image(tmp_path / "t.tif")
+    assert image.axes == "TYX" and image.physical.time_interval == 2.5
+    out = write_tiff_atomic(tmp_path / "o.tif", image.array, metadata={}, axes="TYX",
+                            physical=image.physical)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.imagej_metadata["finterval"] == 2.5 and tif.series[0].axes == "TYX"
 
 
 def test_ome_calibration_and_channel_names_are_carried(tmp_path):
