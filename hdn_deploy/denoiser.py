@@ -157,7 +157,8 @@ class Denoiser:
         eps), ``"decode"`` (top-down graph), ``"stats"`` (running moments) and ``"merge"``
         (blending tiles into the image). None (default) measures nothing."""
         array = self._check_image(image)
-        input_range = check_intensity_range(array, self.package.manifest, package=self.package.path,
+        input_range = check_intensity_range(array, self.package.manifest,
+                                            package=self.package.path,
                                             allow_out_of_range=allow_out_of_range)
         mode = _sampling_mode(sampling)
         if mode is SamplingMode.MEAN:
