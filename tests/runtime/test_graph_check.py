@@ -33,12 +33,15 @@ def _untrained_package(folder, **arch):
 
 @pytest.fixture(scope="module")
 def other_models(tmp_path_factory):
-    """Two models that differ from the tiny one: latent channels, and number of levels."""
+    """Models that differ from the tiny one: latent channels, levels, feature channels."""
     root = tmp_path_factory.mktemp("other")
     (root / "channels").mkdir()
     (root / "levels").mkdir()
+    for name in ("filters",):
+        (root / name).mkdir()
     return {"channels": _untrained_package(root / "channels", z_dims=(2, 2, 2)),
-            "levels": _untrained_package(root / "levels", z_dims=(4, 4))}
+            "levels": _untrained_package(root / "levels", z_dims=(4, 4)),
+            "filters": _untrained_package(root / "filters", n_filters=4)}
 
 
 def _swap_graph(package, other, graph_file, tmp_path):
@@ -57,7 +60,18 @@ def test_the_tiny_package_passes(tiny_package):
     assert sorted(t.name for t in inputs) == [f"{k}_{i}" for k in ("bu", "eps") for i in range(3)]
     assert [(t.name, t.dims[1]) for t in outputs] == [("samples", 1)]
     assert {t.name: t.dims[1] for t in inputs}["eps_2"] == 4
+    _, encoder_outputs = graph_io(tiny_package / ENCODER_FILE)
+    assert [(t.name, t.dims[1]) for t in encoder_outputs] == [(f"bu_{i}", 8) for i in range(3)]
     load_package(tiny_package)
+
+
+def test_encoder_with_other_feature_channels(tiny_package, other_models, tmp_path):
+    folder = _swap_graph(tiny_package, other_models["filters"], ENCODER_FILE, tmp_path)
+    with pytest.raises(PackageError) as err:
+        load_package(folder)
+    message = str(err.value)
+    assert "encoder graph (encoder.onnx)" in message
+    assert "output bu_0 has 4 channels, the manifest says 8" in message
 
 
 def test_decoder_with_other_latent_channels(tiny_package, other_models, tmp_path):
