@@ -111,3 +111,17 @@ def test_graph_that_is_not_onnx(tiny_package, tmp_path):
     folder = _swap_graph(tiny_package, other, DECODER_FILE, tmp_path)
     with pytest.raises(PackageError, match="decoder.onnx: not a readable ONNX model"):
         load_package(folder)
+
+
+def test_cli_exits_2_before_any_output(tiny_package, other_models, tmp_path, data_dir):
+    from click.testing import CliRunner
+
+    from hdn_deploy.cli.main import main
+
+    folder = _swap_graph(tiny_package, other_models["channels"], DECODER_FILE, tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["denoise", str(data_dir / "noisy.tif"), "-m", str(folder),
+                                    "-o", str(out), "--n-samples", "1", "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert f"Error: {folder}: the decoder graph (decoder.onnx) does not match" in res.output
+    assert "Traceback" not in res.output and not out.exists()
