@@ -97,6 +97,20 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names, output_name
     module.eval()
 
 
+def _fix_channels(path: Path, channels: int) -> None:
+    """State the channel count of every graph output (the exporter leaves the encoder's
+    ``bu_<i>`` channels symbolic), so that loading can check them against the manifest."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    for output in graph.graph.output:
+        dim = output.type.tensor_type.shape.dim[1]
+        if not dim.HasField("dim_value"):
+            dim.Clear()
+            dim.dim_value = channels
+    onnx.save(graph, str(path))
+
+
 def _verification_image(size: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     return torch.from_numpy(rng.standard_normal((1, 1, size, size), dtype=np.float32))
@@ -211,6 +225,7 @@ def package_from_checkpoint(
             {"image": spatial, **{n: {2: f"h_{i}", 3: f"w_{i}"} for n, i in zip(bu_names, levels)}},
             opset,
         )
+        _fix_channels(staging / ENCODER_FILE, cfg.n_filters)
         _export(
             DecoderGraph(model),
             tuple(features[i] for i in levels) + tuple(eps[i] for i in levels),

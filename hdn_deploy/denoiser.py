@@ -208,7 +208,8 @@ class Denoiser:
             ``allow_out_of_range``; above 1 % an OutOfRangeWarning is issued.
         """
         array = self._check_image(image)
-        input_range = check_intensity_range(array, self.package.manifest, package=self.package.path,
+        input_range = check_intensity_range(array, self.package.manifest,
+                                            package=self.package.path,
                                             allow_out_of_range=allow_out_of_range)
         run = self._run_settings(n_samples, batch_size, keep_samples, checkpoints, sampling,
                                  tile, overlap, margin, blend, timings)

@@ -11,7 +11,8 @@ Expected, for every sampled level i with C_i latent and F_i feature channels:
 - decoder: inputs ``bu_<i>`` (1, F_i, h_i, w_i) and ``eps_<i>`` (N, C_i, h_i, w_i);
   output ``samples`` (N, 1, H, W).
 
-All float32, rank 4; dimensions given as names (dynamic) are not compared.
+All float32, rank 4; dimensions given as names (dynamic) are not compared: the encoder
+of version-1 exports names its output channels, exports since version 2 state them.
 """
 from __future__ import annotations
 

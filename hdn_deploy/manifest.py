@@ -206,7 +206,11 @@ def manifest_from_json(data: Any, file: str | Path) -> Manifest:
             "with a matching hdn-deploy or upgrade hdn-deploy")
     if version == 1:
         data = _upgrade_v1(data, file)
-    return from_json(Manifest, data, file)
+    try:
+        return from_json(Manifest, data, file)
+    except PackageError as exc:
+        raise PackageError(f"{exc}; re-export the model with `hdn-deploy export`, or use the "
+                           "hdn-deploy version that wrote it") from exc
 
 
 def _upgrade_v1(data: dict[str, Any], file: str | Path) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def model_range(manifest: Manifest) -> ModelRange | None:
         return None
     widened = [(lo - MARGIN * (hi - lo), hi + MARGIN * (hi - lo)) for lo, hi, _ in parts]
     return ModelRange(low=min(w[0] for w in widened), high=max(w[1] for w in widened),
-                      source=" and ".join(f"{name} {lo:.4g} to {hi:.4g}" for lo, hi, name in parts)
+                      source=" and ".join(f"{name} {lo:.4g} to {hi:.4g}"
+                                          for lo, hi, name in parts)
                       + f", widened by {MARGIN:g} of the width")
 
 

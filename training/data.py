@@ -31,7 +31,8 @@ class Normalization:
         return {"mean": self.mean, "std": self.std, "data_range": to_json(self.data_range)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], file: str | Path = "checkpoint") -> "Normalization":
+    def from_dict(cls, data: Mapping[str, Any],
+                  file: str | Path = "checkpoint") -> "Normalization":
         """Inverse of :meth:`to_dict`; PackageError naming ``file`` and the bad key."""
         return from_json(cls, dict(data), file, "normalization")
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from hdn_deploy.atomic import atomic_write_text
+
 GAIN = 4.0
 READ_NOISE = 5.0
 SEED = 2026
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     history = (work / "run" / "metrics.csv").read_text().splitlines()
     summary = {"wall_seconds": round(time.perf_counter() - start, 1), "max_steps": args.max_steps,
                "metrics_last_row": history[-1], "metrics_header": history[0]}
-    (work / "recipe_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(work / "recipe_summary.json", json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
 

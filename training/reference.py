@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hdn_deploy._optional import require
+from hdn_deploy.atomic import atomic_write_text
 from hdn_deploy.benchmark import machine_info, peak_rss_mb, summarize, synthetic_image
 from hdn_deploy.package import sha256_file
 
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = machine_info()
     text = json.dumps(result, indent=2)
     if args.output:
-        args.output.write_text(text)
+        atomic_write_text(args.output, text)
     print(text)
     return 0
 

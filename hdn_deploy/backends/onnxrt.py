@@ -65,7 +65,8 @@ class OnnxRuntimeBackend(Backend):
         self._ort = ort
         if device not in _PROVIDERS:
             raise ConfigError(f"unknown device {device!r}; choose one of {sorted(_PROVIDERS)}")
-        graph_optimization = parse(GraphOptimization, graph_optimization, "graph_optimization").value
+        graph_optimization = parse(GraphOptimization, graph_optimization,
+                                   "graph_optimization").value
         available = ort.get_available_providers()
         wanted = _PROVIDERS[device]
         if wanted not in available:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..atomic import atomic_write_text
 from ..options import GraphOptimization, SamplingMode, values
 from .aliases import AliasOption
 from .heavy import load
@@ -107,5 +108,5 @@ def bench(model, checkpoint, size, samples, repeats, batch_size, threads, tile, 
         click.echo("warning: the checkpoint is not the one MODEL was exported from", err=True)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2))
+        atomic_write_text(output, json.dumps(report, indent=2))
         click.echo(f"wrote {output}")

@@ -143,7 +143,8 @@ def _fit_and_write(signal: np.ndarray, observation: np.ndarray, *, output: Path,
                    min_sigma: float | None, bins: int, seed: int, device: str,
                    threads: int | None, quiet: bool) -> None:
     noise_models = _training("noise_models")
-    GMMNoiseModel, HistogramNoiseModel = noise_models.GMMNoiseModel, noise_models.HistogramNoiseModel
+    GMMNoiseModel = noise_models.GMMNoiseModel
+    HistogramNoiseModel = noise_models.HistogramNoiseModel
     plot_noise_model_fit = _training("noise_plot").plot_noise_model_fit
 
     if threads is not None:

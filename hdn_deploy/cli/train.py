@@ -94,7 +94,8 @@ def _preset(name: str | None) -> dict[str, dict[str, Any]]:
 
 def _noise_model(settings: dict[str, Any]):
     noise_models = load("training.noise_models", purpose="`hdn-deploy train`")
-    GaussianNoiseModel, load_noise_model = noise_models.GaussianNoiseModel, noise_models.load_noise_model
+    GaussianNoiseModel = noise_models.GaussianNoiseModel
+    load_noise_model = noise_models.load_noise_model
 
     has_nm, has_sigma = settings.get("noise_model"), settings.get("gaussian_sigma")
     if bool(has_nm) == bool(has_sigma):

@@ -33,12 +33,15 @@ def _untrained_package(folder, **arch):
 
 @pytest.fixture(scope="module")
 def other_models(tmp_path_factory):
-    """Two models that differ from the tiny one: latent channels, and number of levels."""
+    """Models that differ from the tiny one: latent channels, levels, feature channels."""
     root = tmp_path_factory.mktemp("other")
     (root / "channels").mkdir()
     (root / "levels").mkdir()
+    for name in ("filters",):
+        (root / name).mkdir()
     return {"channels": _untrained_package(root / "channels", z_dims=(2, 2, 2)),
-            "levels": _untrained_package(root / "levels", z_dims=(4, 4))}
+            "levels": _untrained_package(root / "levels", z_dims=(4, 4)),
+            "filters": _untrained_package(root / "filters", n_filters=4)}
 
 
 def _swap_graph(package, other, graph_file, tmp_path):
@@ -57,7 +60,18 @@ def test_the_tiny_package_passes(tiny_package):
     assert sorted(t.name for t in inputs) == [f"{k}_{i}" for k in ("bu", "eps") for i in range(3)]
     assert [(t.name, t.dims[1]) for t in outputs] == [("samples", 1)]
     assert {t.name: t.dims[1] for t in inputs}["eps_2"] == 4
+    _, encoder_outputs = graph_io(tiny_package / ENCODER_FILE)
+    assert [(t.name, t.dims[1]) for t in encoder_outputs] == [(f"bu_{i}", 8) for i in range(3)]
     load_package(tiny_package)
+
+
+def test_encoder_with_other_feature_channels(tiny_package, other_models, tmp_path):
+    folder = _swap_graph(tiny_package, other_models["filters"], ENCODER_FILE, tmp_path)
+    with pytest.raises(PackageError) as err:
+        load_package(folder)
+    message = str(err.value)
+    assert "encoder graph (encoder.onnx)" in message
+    assert "output bu_0 has 4 channels, the manifest says 8" in message
 
 
 def test_decoder_with_other_latent_channels(tiny_package, other_models, tmp_path):
@@ -97,3 +111,17 @@ def test_graph_that_is_not_onnx(tiny_package, tmp_path):
     folder = _swap_graph(tiny_package, other, DECODER_FILE, tmp_path)
     with pytest.raises(PackageError, match="decoder.onnx: not a readable ONNX model"):
         load_package(folder)
+
+
+def test_cli_exits_2_before_any_output(tiny_package, other_models, tmp_path, data_dir):
+    from click.testing import CliRunner
+
+    from hdn_deploy.cli.main import main
+
+    folder = _swap_graph(tiny_package, other_models["channels"], DECODER_FILE, tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["denoise", str(data_dir / "noisy.tif"), "-m", str(folder),
+                                    "-o", str(out), "--n-samples", "1", "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert f"Error: {folder}: the decoder graph (decoder.onnx) does not match" in res.output
+    assert "Traceback" not in res.output and not out.exists()
