@@ -283,14 +283,15 @@ def tiling_overhead(package, shape) -> dict[str, float]:
     for tile in sorted({package.recommended_tile, 256, 320, 384, 448, 512, 1024}):
         if tile % m or tile <= package.recommended_overlap or tile > max(shape):
             continue
-        plan = Tiler(tile, package.recommended_overlap, multiple=m).plan(tuple(shape))
+        plan = Tiler(tile, package.recommended_overlap, multiple=m,
+                     margin=package.recommended_overlap // 2).plan(tuple(shape))  # Denoiser default
         out[str(tile)] = sum(t.height * t.width for t in plan.tiles) / (shape[0] * shape[1])
     return out
 
 
 def _same_weights(den: Denoiser, ref: ReferencePredictor, crop: np.ndarray) -> dict[str, Any]:
     """The runtime's eps = 0 pass on one tile equals the reference model's mean pass."""
-    ours = den.denoise(crop, sampling="mean", tile=crop.shape[0], overlap=0).mmse
+    ours = den.denoise(crop, sampling="mean", tile=crop.shape[0], overlap=0, margin=0).mmse
     theirs = ref.mean_pass(crop)
     diff = float(np.abs(ours - theirs).max())
     return {"package_weights_sha256": den.package.model_hash,

@@ -284,7 +284,7 @@ class Denoiser:
             spec = EpsSpec(sampler, tuple(indices), tile.y0, tile.x0)
             backend.decode(features, spec, moments, timings=run.timings)
             if moments.count in run.marks:
-                snapshots.append(moments.to_host().mean)
+                snapshots.append(moments.mean())  # copies the mean only
         host = moments.to_host()
         return np.concatenate([host.mean[None], host.variance[None], host.samples,
                                np.asarray(snapshots).reshape(-1, *patch.shape)])
