@@ -93,7 +93,7 @@ class TestBackendContract:
         features = backend.encode(_image())
         assert isinstance(features, Features) and features.owner is backend
         assert (features.height, features.width) == (32, 48)
-        filters = package.manifest["model_config"]["n_filters"]
+        filters = package.manifest.model_config["n_filters"]
         host = features.to_host()
         assert [a.shape for a in host] == [(1, filters, 32 // lv.downsample, 48 // lv.downsample)
                                            for lv in package.sampled_levels]
