@@ -167,19 +167,26 @@ def snapshot_curve(run_dir: Path, names: list[str], noise: str, seed: int, n_sam
 
 
 def train_on_image(name: str, noise: str, seed: int, work: Path, max_steps: int,
-                   snapshot_every: int) -> Path:
-    """Train the ``cpu`` preset on the noisy image itself (unsupervised); returns the run folder."""
+                   snapshot_every: int, *, noise_model: Path | None = None,
+                   extra: list[str] = (), tag: str = "") -> Path:
+    """Train the ``cpu`` preset on the noisy image itself (unsupervised); returns the run folder.
+
+    ``extra``: more ``hdn-deploy train`` flags (e.g. ``--init CKPT --lr 3e-4`` to fine-tune).
+    """
     import tifffile
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / f"{name}_{noise}.tif"
     tifffile.imwrite(data, add_noise(clean_images()[name], noise, seed))
-    run_dir = work / f"run_{name}_{noise}"
+    run_dir = work / f"run_{name}_{noise}{tag}"
+    if noise == "pg" and noise_model is None:
+        raise SystemExit("--noise-model NPZ is needed to train on Poisson-Gaussian noise")
     likelihood = (["--gaussian-sigma", str(SIGMA)] if noise == "gaussian25"
-                  else ["--noise-model", str(work / "nm.npz")])
+                  else ["--noise-model", str(noise_model)])
     cmd = [sys.executable, "-m", "hdn_deploy", "train", str(data), "-o", str(run_dir),
            "--preset", "cpu", "--max-steps", str(max_steps), "--snapshot-every",
-           str(snapshot_every), "--threads", "1", "--seed", str(seed), "--quiet", *likelihood]
+           str(snapshot_every), "--threads", "1", "--seed", str(seed), "--quiet", *likelihood,
+           *extra]
     if (run_dir / "last.safetensors").is_file():
         cmd = [sys.executable, "-m", "hdn_deploy", "train", "--resume", str(run_dir),
                "--max-steps", str(max_steps), "--quiet"]
@@ -262,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--snapshot-every", type=int, default=250)
     parser.add_argument("--work", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--noise-model", type=Path, help="noise model .npz (train mode, pg noise)")
+    parser.add_argument("--train-args", default="",
+                        help="extra `hdn-deploy train` flags, e.g. '--init CKPT --lr 3e-4'")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"))
     args = parser.parse_args(argv)
     names = args.images or list(clean_images())
@@ -283,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name in names:
             run_dir = train_on_image(name, args.noise, args.seed, args.work, args.max_steps,
-                                     args.snapshot_every)
+                                     args.snapshot_every, noise_model=args.noise_model,
+                                     extra=args.train_args.split(), tag=f"_{args.label}")
             curve = snapshot_curve(run_dir, [name], args.noise, args.seed, args.samples, clean)
             results["curves"][f"{args.noise}/{args.label}-{name}"] = curve
             last = curve[-1]["images"][name]
