@@ -52,7 +52,7 @@ def test_contracts_hold(tmp_path):
 @pytest.mark.parametrize("module, text, contract", [
     ("hdn_deploy/tiling.py", "from .training import model", "layers"),
     ("hdn_deploy/stats.py", "from .export import onnx_export", "layers"),
-    ("hdn_deploy/io.py", "import torch", "no-torch"),
+    ("hdn_deploy/io/reading.py", "import torch", "no-torch"),
     ("hdn_deploy/cli/info.py", "from ..training import noise_models", "cli-lazy"),
 ])
 def test_a_violation_is_reported(tmp_path, module, text, contract):

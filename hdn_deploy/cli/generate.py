@@ -6,7 +6,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .._optional import require
 from .main import handle_errors, main
 
 
@@ -24,10 +23,11 @@ from .main import handle_errors, main
 def generate(checkpoint, size, n_images, seed, temperature, output):
     """Draw images from the prior of CHECKPOINT; writes generated.tif (N, H, W float32) and
     generated.png (a montage)."""
-    require("torch", purpose="`hdn-deploy generate`")
     from ..demo import write_montage
     from ..io import write_tiff_atomic
-    from ..training.generate import generate as draw
+    from .heavy import load
+
+    draw = load("training.generate", purpose="`hdn-deploy generate`").generate
 
     images = draw(checkpoint, size[0], size[1], n_images, seed=seed, temperature=temperature)
     meta = {"generated_from": str(checkpoint), "seed": seed, "temperature": temperature}

@@ -83,7 +83,7 @@ def merge_settings(file_settings: dict[str, Any], flags: dict[str, Any]) -> dict
 
 
 def _preset(name: str | None) -> dict[str, dict[str, Any]]:
-    from ..training.config import PRESETS
+    PRESETS = load("training.config", purpose="`hdn-deploy train --preset`").PRESETS  # noqa: N806
 
     if name is None:
         return {}
