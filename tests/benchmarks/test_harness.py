@@ -150,6 +150,17 @@ def test_running_mmse_equals_denoise(den, pair, sampling):
         expected = den.denoise(noisy, n_samples=n, seed=7, sampling=sampling, batch_size=4,
                                tile=32, overlap=16).mmse
         np.testing.assert_allclose(means[n], expected, rtol=1e-5, atol=1e-3)
+        np.testing.assert_array_equal(means[n], expected)  # one loop: bit for bit now
+
+
+def test_running_mmse_of_a_stack_uses_per_slice_seeds(den, pair):
+    noisy = pair[0][:32, :48]
+    stack = np.stack([noisy, noisy])
+    means = running_mmse(den, stack, [2], seed=3, tile=32, overlap=16)
+    whole = den.denoise(stack, n_samples=2, seed=3, batch_size=8, tile=32, overlap=16,
+                        sampling="mc")
+    np.testing.assert_array_equal(means[2], whole.mmse)
+    assert not np.array_equal(means[2][0], means[2][1])  # same image, independent latents
 
 
 def test_quality_curve_report(den, pair):

@@ -235,6 +235,7 @@ def test_metadata(den, small, tiny_package):
     assert meta["backend"]["name"] == "onnxruntime" and meta["backend"]["onnxruntime_version"]
     assert (meta["tile"], meta["overlap"]) == (64, 16)
     assert (meta["blend"], meta["sampling"]) == ("hann", "antithetic")
+    assert meta["latent_contract"] == 2 and meta["margin"] == 8  # tiny package: overlap 16
     assert meta["shape"] == list(small.shape)
 
 
