@@ -23,8 +23,12 @@ _SETTING_KEYS = ("samples", "seed", "tile", "overlap", "sampling", "save_std", "
 
 
 def _settings(opts: dict[str, Any], model_hash: str) -> dict[str, Any]:
-    """What must match for an existing output to count as complete."""
-    return {"model_sha256": model_hash, **{k: opts[k] for k in _SETTING_KEYS}}
+    """What must match for an existing output to count as complete (outputs of an older
+    latent contract, whose samples differ, are recomputed)."""
+    from ..latents import LATENT_CONTRACT
+
+    return {"model_sha256": model_hash, "latent_contract": LATENT_CONTRACT,
+            **{k: opts[k] for k in _SETTING_KEYS}}
 
 
 def _kinds(opts: dict[str, Any]) -> list[str]:
