@@ -31,7 +31,8 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import bench, build_engine, demo, denoise, export, info, noise_model, train  # noqa: F401  (each adds commands)
+    from . import (bench, build_engine, demo, denoise, export, export_bmz, info,  # noqa: F401
+                   noise_model, train)  # (each adds commands)
 
 
 _register()
