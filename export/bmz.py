@@ -28,14 +28,15 @@ __all__ = ["bmz_package_from_model", "check_bmz_package", "DEFAULT_BMZ_SAMPLES",
 
 DEFAULT_BMZ_SAMPLES = 8
 DEFAULT_TEST_SIZE = 128
-_SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "hdn_deploy" / "sample_data" / "ihc_noisy.tif"
 
 
 def _test_input(package: ModelPackage, test_image: Path | None, size: int) -> np.ndarray:
     """Centre crop (at most ``size`` x ``size``) of a 2D test image, float32 (1, 1, H, W)."""
+    import hdn_deploy
     from hdn_deploy.io import read_image
 
-    data = read_image(test_image or _SAMPLE_IMAGE).array
+    sample = Path(hdn_deploy.__file__).parent / "sample_data" / "ihc_noisy.tif"
+    data = read_image(test_image or sample).array
     image = data[0] if data.ndim == 3 else data
     h, w = (min(size, s) for s in image.shape)
     if min(h, w) < package.spatial_multiple:

@@ -1,4 +1,4 @@
-"""`hdn-deploy export-bmz`: model package -> BioImage Model Zoo zip (needs [export,bmz])."""
+"""`hdn-deploy export-bmz`: model package -> BioImage Model Zoo zip (needs [bmz]; no torch)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +32,7 @@ from .main import handle_errors, main
 def export_bmz_command(model, output, n_samples, seed, test_image, test_size, name, authors,
                        license_id, run_test, overwrite):
     """Export MODEL (a model package folder) to a bioimage.io model zip (spec 0.5)."""
-    require("onnx", purpose="`hdn-deploy export-bmz`", extra="export")
+    require("onnx", purpose="`hdn-deploy export-bmz`", extra="bmz")
     require("bioimageio.spec", purpose="`hdn-deploy export-bmz`", extra="bmz")
     from ..export.bmz import bmz_package_from_model, check_bmz_package
 

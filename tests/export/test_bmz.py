@@ -1,6 +1,7 @@
 """BioImage Model Zoo export: the zoo graph, its noise, the zip and bioimageio.core's test."""
 from __future__ import annotations
 
+import io
 import zipfile
 
 import numpy as np
@@ -136,33 +137,25 @@ def test_zip_describes_the_model_and_its_outputs(bmz_zip, package):
 
 @pytest.mark.slow
 def test_test_model_fails_on_a_tampered_test_output(bmz_zip, tmp_path):
-    """The check can fail: change the expected MMSE and bioimageio.core must object."""
+    """The check can fail: shift the expected MMSE by 5 and bioimageio.core must object.
+    (The rdf pins each file's sha256; dropping the outputs' makes only the values differ.)"""
     tampered = tmp_path / "tampered.zip"
     with zipfile.ZipFile(bmz_zip) as src, zipfile.ZipFile(tampered, "w") as dst:
         rdf = yaml.safe_load(src.read("rdf.yaml"))
         target = next(t for t in rdf["outputs"] if t["id"] == "mmse")["test_tensor"]["source"]
+        for tensor in rdf["outputs"]:
+            tensor["test_tensor"].pop("sha256", None)
         for item in src.infolist():
             data = src.read(item)
             if item.filename == target:
-                import io
-
-                array = np.load(io.BytesIO(data)) + 5.0
                 buffer = io.BytesIO()
-                np.save(buffer, array)
+                np.save(buffer, np.load(io.BytesIO(data)) + 5.0)
                 data = buffer.getvalue()
+            elif item.filename == "rdf.yaml":
+                data = yaml.safe_dump(rdf).encode()
             dst.writestr(item, data)
-    # the rdf pins each file's sha256: drop the mmse test tensor's so only the values differ
-    with zipfile.ZipFile(tampered) as zf:
-        rdf = yaml.safe_load(zf.read("rdf.yaml"))
-    for tensor in rdf["outputs"]:
-        tensor["test_tensor"].pop("sha256", None)
-    rewritten = tmp_path / "tampered2.zip"
-    with zipfile.ZipFile(tampered) as src, zipfile.ZipFile(rewritten, "w") as dst:
-        for item in src.infolist():
-            data = yaml.safe_dump(rdf).encode() if item.filename == "rdf.yaml" else src.read(item)
-            dst.writestr(item, data)
-    with pytest.raises(PackageError, match="test_model failed"):
-        check_bmz_package(rewritten)
+    with pytest.raises(PackageError, match="Reproduce test outputs.*'mmse'.*disagree"):
+        check_bmz_package(tampered)
 
 
 def test_export_refuses_existing_output_and_bad_suffix(tiny_package, tmp_path):
@@ -173,3 +166,17 @@ def test_export_refuses_existing_output_and_bad_suffix(tiny_package, tmp_path):
     assert existing.read_bytes() == b"keep"
     with pytest.raises(ConfigError, match=".zip"):
         bmz_package_from_model(tiny_package, tmp_path / "m.tar")
+
+
+@pytest.mark.slow
+def test_export_bmz_needs_no_torch(tiny_package, data_dir, tmp_path):
+    from conftest import run_without_torch
+
+    out = tmp_path / "no_torch.zip"
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom hdn_deploy.cli.main import main\n"
+            "r = CliRunner().invoke(main, ['export-bmz', *sys.argv[1:]])\n"
+            "print(r.exit_code, r.output)\nassert 'torch' not in sys.modules\n")
+    done = run_without_torch(code, str(tiny_package), "-o", str(out), "--no-test", "--test-image",
+                             str(data_dir / "noisy.tif"), "--test-size", "64", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("0 "), done.stdout + done.stderr
+    assert zipfile.is_zipfile(out)
