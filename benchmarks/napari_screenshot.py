@@ -4,7 +4,7 @@
 
 Loads the bundled noisy sample, runs the plugin's widget with the bundled model (32
 antithetic samples, seed 0, 2 kept samples) in napari's worker thread, shows the layers
-side by side (grid mode) and writes ``docs/napari_screenshot.png``.
+side by side (grid mode: input, MMSE, std; the kept samples layer hidden) and writes ``docs/napari_screenshot.png``.
 """
 from __future__ import annotations
 
@@ -42,8 +42,11 @@ def main() -> None:
         QApplication.processEvents()
         time.sleep(0.05)
     print(f"{widget.status.value} ({time.perf_counter() - start:.1f} s)")
-    viewer.grid.enabled = True
-    viewer.window._qt_window.resize(1400, 800)
+    viewer.layers[f"{attrs['name']} samples"].visible = False  # grid: input | MMSE | std
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari >= 0.9
+    grid.enabled = True
+    viewer.window._qt_window.resize(1600, 720)
+    viewer.reset_view()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(shot)).save(buffer, format="PNG", optimize=True)

@@ -104,7 +104,7 @@ def test_screenshot_of_the_viewer_after_a_run(make_napari_viewer, qtbot, tiny_pa
     widget.model.value, widget.n_samples.value = tiny_package, 2
     widget.run()
     _wait_done(qtbot, widget)
-    viewer.grid.enabled = True
+    (viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid).enabled = True
     shot = viewer.screenshot(path=str(tmp_path / "shot.png"), canvas_only=False, flash=False)
     assert (tmp_path / "shot.png").stat().st_size > 1000
     assert shot.ndim == 3 and shot.shape[0] > 200 and shot[..., :3].std() > 10
