@@ -39,8 +39,10 @@ def viewer(qapp, request):
     headless ViewerModel, so the widget logic is still tested without a display."""
     if _opengl_works():
         return request.getfixturevalue("make_napari_viewer")()
+    import npe2
     from napari.components import ViewerModel
 
+    npe2.PluginManager.instance().discover(include_npe1=False)  # what the Qt viewer does
     return ViewerModel()
 
 
