@@ -15,6 +15,8 @@ _EXTRA_FOR = {
     "matplotlib": "train",
     "onnxruntime": "cpu",
     "tensorrt": "tensorrt",
+    "bioimageio": "bmz",
+    "napari": "napari",
 }
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: synthetic noisy images and a tiny trained + exported HDN model."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import subprocess
@@ -9,6 +10,9 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+
+# napari/Qt tests run headless (CI has no display): Qt renders offscreen, no xvfb needed.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 TINY_ARCH = dict(z_dims=(4, 4, 4), n_filters=8, blocks_per_level=1, patch_size=32, dropout=0.1)
 SIGMA = 20.0

@@ -44,8 +44,8 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import (bench, build_engine, demo, denoise, export, generate, info,  # noqa: F401 (each adds commands)
-                   noise_model, train)
+    from . import (bench, build_engine, demo, denoise, export, export_bmz,  # noqa: F401
+                   generate, info, noise_model, train)  # (each adds commands)
 
 
 _register()
