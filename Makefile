@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test demo install-runtime install-dev default-model clean
+.PHONY: test demo install-runtime install-dev default-model clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,19 @@ install-runtime: $(VENV)/.runtime-installed
 install-dev: $(VENV)/.dev-installed
 
 # The napari tests need no display: Qt renders offscreen. napari's canvas also needs an
-# OpenGL context, which the offscreen platform only gets from an X server: when xvfb-run
-# is installed (apt-get install xvfb) the tests run under it; without it the widget is
-# tested against napari's headless ViewerModel and the screenshot test is skipped with
-# that reason.
-XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a)
-test: $(VENV)/.dev-installed
-	QT_QPA_PLATFORM=offscreen $(XVFB) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# OpenGL context, which the offscreen platform only gets from an X server, so the tests run
+# under xvfb-run. It is installed here when missing and we may (root with apt-get, as on
+# our machines and CI); elsewhere install it yourself (apt-get install xvfb xauth). Without
+# it the widget is tested against napari's headless ViewerModel and the screenshot test is
+# skipped with that reason.
+system-deps:
+	@command -v xvfb-run >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth >/dev/null; } \
+	  || echo "note: xvfb-run not available: napari canvas tests will be skipped (apt-get install xvfb xauth)"
+
+test: $(VENV)/.dev-installed system-deps
+	QT_QPA_PLATFORM=offscreen $$(command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a) \
+	  $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 DEMO_ARGS ?=
 demo: $(VENV)/.runtime-installed

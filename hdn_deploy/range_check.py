@@ -144,15 +144,17 @@ def _warn_unchecked(package: str) -> None:
 def about_file(path: str | Path, echo) -> Iterator[None]:
     """For CLIs: prefix range errors with ``path`` and pass range warnings to ``echo``
     (e.g. ``lambda m: click.echo(m, err=True)``) as ``"Warning: <path>: <message>"``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", OutOfRangeWarning)
-        try:
-            yield
-        except OutOfRangeError as exc:
-            raise OutOfRangeError(f"{path}: {exc}") from exc
-        finally:
-            for w in caught:
-                if issubclass(w.category, OutOfRangeWarning):
-                    echo(f"Warning: {path}: {w.message}")
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutOfRangeWarning)
+            try:
+                yield
+            except OutOfRangeError as exc:
+                raise OutOfRangeError(f"{path}: {exc}") from exc
+    finally:
+        # Re-emitted outside catch_warnings: inside it, showwarning appends to ``caught``.
+        for w in caught:
+            if issubclass(w.category, OutOfRangeWarning):
+                echo(f"Warning: {path}: {w.message}")
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
