@@ -22,7 +22,7 @@ from hdn_deploy.errors import ConfigError, InputError, PackageError
 from hdn_deploy.package import ModelPackage, load_package
 
 from .bmz_docs import HDN_CITATION, documentation
-from .bmz_graph import INPUT_NAME, OUTPUT_NAMES, build_bmz_graph, save_graph
+from .bmz_graph import INPUT_NAME, OUTPUT_NAMES, build_bmz_graph, min_input_size, save_graph
 
 __all__ = ["bmz_package_from_model", "check_bmz_package", "DEFAULT_BMZ_SAMPLES", "DEFAULT_TEST_SIZE"]
 
@@ -39,10 +39,10 @@ def _test_input(package: ModelPackage, test_image: Path | None, size: int) -> np
     data = read_image(test_image or sample).array
     image = data[0] if data.ndim == 3 else data
     h, w = (min(size, s) for s in image.shape)
-    if min(h, w) < package.spatial_multiple:
+    if min(h, w) < min_input_size(package):
         raise InputError(
             f"test image of shape {image.shape} is smaller than the model's minimum size "
-            f"{package.spatial_multiple}; give a larger --test-image"
+            f"{min_input_size(package)}; give a larger --test-image"
         )
     y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
     return np.ascontiguousarray(image[None, None, y0:y0 + h, x0:x0 + w], dtype=np.float32)
@@ -80,7 +80,7 @@ def _axes(package: ModelPackage, channel: str, *, output: bool):
     from bioimageio.spec.model import v0_5
 
     if not output:
-        size = v0_5.ParameterizedSize(min=package.spatial_multiple, step=1)
+        size = v0_5.ParameterizedSize(min=min_input_size(package), step=1)
         space = [v0_5.SpaceInputAxis(id=v0_5.AxisId(a), size=size) for a in "yx"]
     else:
         space = [v0_5.SpaceOutputAxis(id=v0_5.AxisId(a), size=v0_5.SizeReference(

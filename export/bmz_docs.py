@@ -15,21 +15,21 @@ HDN_CITATION: dict[str, Any] = {
 
 def _noise_text(package: ModelPackage) -> str:
     manifest = package.manifest
-    likelihood = manifest.get("likelihood") or {}
-    description = manifest.get("noise_description") or "not given at export"
+    likelihood = dict(manifest.likelihood or {})
+    description = manifest.noise_description or "not given at export"
     return (f"- Noise the model was trained for: {description}\n"
             f"- Likelihood / noise model used in training: `{likelihood.get('kind', 'unknown')}` "
             f"({', '.join(f'{k}={v}' for k, v in likelihood.items() if k != 'kind') or 'no parameters'})")
 
 
 def _training_text(package: ModelPackage) -> str:
-    provenance = package.manifest.get("provenance") or {}
+    provenance = dict(package.manifest.provenance or {})
     data = provenance.get("data") or []
     names = ", ".join(str(d).rsplit("/", 1)[-1] for d in data) or "not recorded"
     return (f"- Training images (noisy only; HDN never sees clean targets): {names}\n"
             f"- Training steps: {provenance.get('step', 'unknown')}, best validation loss "
             f"{provenance.get('best_val_loss', 'unknown')} nats/pixel\n"
-            f"- Architecture: {package.manifest.get('model_config', {})}")
+            f"- Architecture: {dict(package.manifest.model_config or {})}")
 
 
 def documentation(package: ModelPackage, *, n_samples: int, seed: int) -> str:
@@ -58,7 +58,9 @@ input gives the same output (see below).
 ## How the outputs are computed (inside the ONNX graph)
 
 1. Normalise: `(raw - {package.mean:.6g}) / {package.std:.6g}` (mean/std of the training data).
-2. Pad bottom/right by reflection to multiples of {package.spatial_multiple} (2^levels).
+2. Pad by reflection: {package.recommended_overlap // 2} pixels of context on every side
+   (so borders see image-like context, as in hdn-deploy's runtime), then bottom/right to
+   multiples of {package.spatial_multiple} (2^levels); cropped back at the end.
 3. Encoder (bottom-up path) once.
 4. Latent noise: for each of the {len(levels)} sampled levels, standard-normal `eps` from a
    32-bit integer hash of (level key, sample pair, channel, latent position) with a
@@ -81,7 +83,7 @@ images, seeds and kept samples, use `hdn-deploy denoise` with the original model
 
 ## Limits
 
-- Input: one channel, 2D, float32, height and width >= {package.spatial_multiple}; any
+- Input: one channel, 2D, float32, height and width >= {max(package.spatial_multiple, package.recommended_overlap // 2 + 1)}; any
   size above that (the graph pads internally). Denoise each slice of a stack separately.
 - The whole image goes through the network at once, {n_samples} samples in one batch:
   memory grows with image area times {n_samples}. For large images use `hdn-deploy

@@ -125,33 +125,51 @@ def _eps_nodes(g: _Nodes, features: str, key: int, pairs: int, channels: int, ou
     g.op("Reshape", both, g.op("Concat", g.const([2 * pairs, channels]), hw, axis=0), out=out)
 
 
-def _pad_nodes(g: _Nodes, image: str, multiple: int, out: str) -> str:
-    """Reflection-pad ``image`` bottom/right to multiples of ``multiple``; returns the
-    name of its original (H, W) shape tensor."""
+def _pad_nodes(g: _Nodes, image: str, multiple: int, margin: int, out: str) -> str:
+    """Reflection-pad ``image`` by ``margin`` on every side (context, so borders and
+    corners do not see the network's zero padding; as the runtime does), then bottom/right
+    to multiples of ``multiple``; returns the name of its original (H, W) shape tensor.
+    Two Pad nodes, because ONNX reflection pads must be shorter than the padded axis."""
     hw = g.op("Slice", g.op("Shape", image), g.const([2]), g.const([4]))
+    framed = g.op("Pad", image, g.const([0, 0, margin, margin, 0, 0, margin, margin]),
+                  mode="reflect")
     m = g.const(multiple)
-    extra = g.op("Mod", g.op("Sub", m, g.op("Mod", hw, m)), m)
+    extra = g.op("Mod", g.op("Sub", m, g.op("Mod", g.op("Add", hw, g.const(2 * margin)), m)), m)
     pads = g.op("Concat", g.const([0, 0, 0, 0, 0, 0]), extra, axis=0)
-    g.op("Pad", image, pads, mode="reflect", out=out)
+    g.op("Pad", framed, pads, mode="reflect", out=out)
     return hw
 
 
-def _stats_nodes(g: _Nodes, samples: str, hw: str, package: ModelPackage) -> None:
-    """mean and std over the sample axis, cropped to (H, W) and de-normalised."""
+def _stats_nodes(g: _Nodes, samples: str, hw: str, margin: int, package: ModelPackage) -> None:
+    """mean and std over the sample axis, cropped to (H, W) inside the margin and
+    de-normalised."""
     axis0 = g.const([0])
     mean = g.op("ReduceMean", samples, axis0, keepdims=1)
     dev = g.op("Sub", samples, mean)
     std = g.op("Sqrt", g.op("ReduceMean", g.op("Mul", dev, dev), axis0, keepdims=1))
     scale = g.const(package.std, np.float32)
     for value, offset, out in ((mean, package.mean, "mmse"), (std, 0.0, "std")):
-        cropped = g.op("Slice", value, g.const([0, 0]), hw, g.const([2, 3]))
+        cropped = g.op("Slice", value, g.const([margin, margin]), g.op("Add", hw, g.const(margin)),
+                       g.const([2, 3]))
         g.op("Add", g.op("Mul", cropped, scale), g.const(offset, np.float32), out=out)
+
+
+def context_margin(package: ModelPackage) -> int:
+    """Pixels reflection-padded on every side: the runtime's default margin."""
+    return package.recommended_overlap // 2
+
+
+def min_input_size(package: ModelPackage) -> int:
+    """Smallest height/width the zoo graph takes (reflection needs margin < size)."""
+    return max(package.spatial_multiple, context_margin(package) + 1)
 
 
 def build_bmz_graph(package: ModelPackage, *, n_samples: int = 8, seed: int = 0) -> onnx.ModelProto:
     """The zoo graph of ``package``: ``raw`` (1, 1, H, W) float32 -> ``mmse`` and ``std``
     (1, 1, H, W) float32, both in input units, over ``n_samples`` deterministic posterior
-    samples (antithetic pairs). H and W may be any size >= ``spatial_multiple`` / 2 + 1.
+    samples (antithetic pairs). The image is reflection-padded by the runtime's default
+    margin (half the recommended overlap) on every side. H and W may be any size >
+    that margin and >= ``spatial_multiple`` / 2 + 1.
 
     Raises
     ------
@@ -167,14 +185,15 @@ def build_bmz_graph(package: ModelPackage, *, n_samples: int = 8, seed: int = 0)
     g = _Nodes("bmz_in")
     normalised = g.op("Div", g.op("Sub", INPUT_NAME, g.const(package.mean, np.float32)),
                       g.const(package.std, np.float32))
-    hw = _pad_nodes(g, normalised, package.spatial_multiple, out="enc/image")
+    margin = context_margin(package)
+    hw = _pad_nodes(g, normalised, package.spatial_multiple, margin, out="enc/image")
     wiring = _Nodes("bmz_eps")
     for lv in levels:
         wiring.op("Identity", f"enc/bu_{lv.index}", out=f"dec/bu_{lv.index}")
         _eps_nodes(wiring, f"enc/bu_{lv.index}", keys[lv.index], n_samples // 2, lv.channels,
                    out=f"dec/eps_{lv.index}")
     tail = _Nodes("bmz_out")
-    _stats_nodes(tail, "dec/samples", hw, package)
+    _stats_nodes(tail, "dec/samples", hw, margin, package)
     image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 1, "height", "width"])
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, "height", "width"])
                for n in OUTPUT_NAMES]
