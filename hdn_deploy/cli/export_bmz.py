@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .._optional import require
+from .heavy import load
 from .main import handle_errors, main
 
 
@@ -32,9 +32,9 @@ from .main import handle_errors, main
 def export_bmz_command(model, output, n_samples, seed, test_image, test_size, name, authors,
                        license_id, run_test, overwrite):
     """Export MODEL (a model package folder) to a bioimage.io model zip (spec 0.5)."""
-    require("onnx", purpose="`hdn-deploy export-bmz`", extra="bmz")
-    require("bioimageio.spec", purpose="`hdn-deploy export-bmz`", extra="bmz")
-    from ..export.bmz import bmz_package_from_model, check_bmz_package
+    bmz = load("export.bmz", purpose="`hdn-deploy export-bmz`",
+               requires=("onnx", "bioimageio.spec"), extra="bmz")
+    bmz_package_from_model, check_bmz_package = bmz.bmz_package_from_model, bmz.check_bmz_package
 
     path = bmz_package_from_model(model, output, n_samples=n_samples, seed=seed,
                                   test_image=test_image, test_size=test_size, name=name,
