@@ -93,7 +93,7 @@ def run(cmd: list[str], threads: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "default-model")
-    parser.add_argument("--max-steps", type=int, default=2400)
+    parser.add_argument("--max-steps", type=int, default=1600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--prepare-only", action="store_true", help="only make data and noise model")
