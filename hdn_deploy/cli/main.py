@@ -45,7 +45,7 @@ def main() -> None:
 
 def _register() -> None:
     from . import (bench, build_engine, demo, denoise, export, generate, info,  # noqa: F401 (each adds commands)
-                   noise_model, train)
+                   noise_model, train, watch)
 
 
 _register()
