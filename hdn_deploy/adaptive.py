@@ -29,7 +29,7 @@ import numpy as np
 from .errors import ConfigError
 from .stats import RunningMoments
 
-__all__ = ["MIN_SAMPLES", "Tolerance", "should_stop"]
+__all__ = ["MIN_SAMPLES", "Tolerance", "adaptive_metadata", "should_stop"]
 
 MIN_SAMPLES = 4  # two antithetic pairs: the fewest from which a variance can be estimated
 _SIGMA_SUFFIXES = ("sigma", "σ")
@@ -100,3 +100,11 @@ def should_stop(moments: RunningMoments, patch: np.ndarray, tolerance: Tolerance
     if tolerance is None or count < max(minimum, MIN_SAMPLES) or (paired and count % 2):
         return False
     return moments.standard_error() <= tolerance.threshold(moments, patch, scale)
+
+
+def adaptive_metadata(tolerance: Tolerance | None, used: list[list[int]]) -> dict:
+    """Metadata of a run: the tolerance (``"2.5"``, ``"0.05sigma"`` or None), the samples
+    used per tile (one list per slice, row-major tiles) and their mean."""
+    counts = [c for per_slice in used for c in per_slice]
+    return {"tolerance": None if tolerance is None else tolerance.describe(),
+            "samples_per_tile": used, "samples_used_mean": float(np.mean(counts))}

@@ -13,18 +13,19 @@ import platform
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ._version import __version__
-from .adaptive import Tolerance, should_stop
+from .adaptive import Tolerance, adaptive_metadata, should_stop
 from .backends import Backend, create_backend
 from .backends.base import EpsSpec, timed
 from .errors import ConfigError, HDNWarning, InputError
 from .latents import LATENT_CONTRACT, LatentSampler, SamplingMode, _sampling_mode
 from .package import ModelPackage, load_package
 from .range_check import check_intensity_range
+from .streaming import StreamResult, stream_frames
 from .tiling import Tile, TilePlan, Tiler
 
 DEFAULT_SAMPLES = 100
@@ -173,6 +174,16 @@ class Denoiser:
             last = event
         return last.result
 
+    def stream(self, frames: Iterable[np.ndarray], *, max_queue: int = 2,
+               when_full: str = "block", **options) -> Iterator[StreamResult]:
+        """Denoise 2D frames as they arrive (e.g. from a camera loop): a background thread
+        pulls ``frames`` into a queue of at most ``max_queue``; when it is full the source
+        waits (``when_full="block"``) or the frame is dropped (``"drop"``). Yields a
+        :class:`~hdn_deploy.streaming.StreamResult` per frame, in order, with its
+        latency. Other options as :meth:`iter_denoise`; frame i gets the seed of slice i
+        of a stack. Raises InputError for a frame that is not 2D."""
+        return stream_frames(self, frames, max_queue=max_queue, when_full=when_full, **options)
+
     def iter_denoise(
         self,
         image: np.ndarray,
@@ -263,7 +274,7 @@ class Denoiser:
                                    _preview=lambda m=merger: self._preview(m))
             merged.append(timed(run.timings, "merge", merger.finalize))
         result = self._result(merged, array, run, seed)
-        result.metadata.update(input_range=input_range, **self._adaptive_metadata(run, used))
+        result.metadata.update(input_range=input_range, **adaptive_metadata(run.tolerance, used))
         yield Progress(total, total, result, samples_used=used[-1][-1], slice_index=len(stack) - 1)
 
     # ----------------------------------------------------------------- helpers
@@ -336,13 +347,6 @@ class Denoiser:
         """Raw-unit float32 MMSE of the tiles merged so far (NaN elsewhere)."""
         partial = merger.finalize(allow_partial=True)[0]
         return (partial * self.package.std + self.package.mean).astype(np.float32)
-
-    @staticmethod
-    def _adaptive_metadata(run: _Run, used: list[list[int]]) -> dict[str, Any]:
-        counts = [c for per_slice in used for c in per_slice]
-        return {"tolerance": None if run.tolerance is None else run.tolerance.describe(),
-                "samples_per_tile": used,
-                "samples_used_mean": float(np.mean(counts))}
 
     def _result(self, merged: list[np.ndarray], array: np.ndarray, run: _Run,
                 seed: int) -> DenoiseResult:
