@@ -51,6 +51,8 @@ def _process(arrival, run, in_dir: Path) -> None:
         tally.fail(exc)
     except HDNError as exc:
         tally.fail(exc)
+    except OSError as exc:  # e.g. removed or locked by the writer between the checks
+        tally.fail(f"'{arrival.path}': could not be read: {exc}")
     end = time.monotonic()
     if tally.written > before[0] and len(tally.failed) == before[2]:
         click.echo(f"'{rel}': denoised in {end - start:.2f} s; latency {end - arrival.arrived:.2f} s "
