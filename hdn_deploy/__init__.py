@@ -4,7 +4,9 @@ The runtime (this package outside ``hdn_deploy.training`` / ``hdn_deploy.export`
 needs numpy, onnxruntime and tifffile only; it never imports torch.
 """
 from ._version import __version__
+from .adaptive import Tolerance
 from .denoiser import DenoiseResult, Denoiser, Progress
+from .streaming import StreamResult
 from .errors import (
     BackendError,
     ConfigError,
@@ -21,6 +23,8 @@ __all__ = [
     "Denoiser",
     "DenoiseResult",
     "Progress",
+    "StreamResult",
+    "Tolerance",
     "HDNError",
     "ConfigError",
     "InputError",

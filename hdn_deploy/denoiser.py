@@ -13,17 +13,19 @@ import platform
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ._version import __version__
+from .adaptive import Tolerance, adaptive_metadata, should_stop
 from .backends import Backend, create_backend
 from .backends.base import EpsSpec, timed
 from .errors import ConfigError, HDNWarning, InputError
 from .latents import LATENT_CONTRACT, LatentSampler, SamplingMode, _sampling_mode
 from .package import ModelPackage, load_package
 from .range_check import check_intensity_range
+from .streaming import StreamResult, stream_frames
 from .tiling import Tile, TilePlan, Tiler
 
 DEFAULT_SAMPLES = 100
@@ -75,15 +77,32 @@ class _Run:
     mode: SamplingMode
     tiler: Tiler
     timings: dict[str, float] | None
+    tolerance: Tolerance | None = None
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Yielded by :meth:`Denoiser.iter_denoise` after every tile."""
+    """Yielded by :meth:`Denoiser.iter_denoise` after every tile.
+
+    ``samples_used`` is the number of samples the last tile took (below ``n_samples``
+    when a ``tolerance`` stopped it early); ``slice_index`` the slice it belongs to.
+    ``result`` is set on the last event only.
+    """
 
     tiles_done: int
     tiles_total: int
-    result: DenoiseResult | None = None  # set on the last event only
+    result: DenoiseResult | None = None
+    samples_used: int = 0
+    slice_index: int = 0
+    _preview: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def current_mmse(self) -> np.ndarray:
+        """The MMSE of the current slice so far: float32 ``(Y, X)`` in intensity units,
+        NaN where no tile is done yet (for live display; computed on call, ~1 ms per
+        megapixel). On the last event: the final MMSE of the last slice."""
+        if self.result is not None:
+            return self.result.mmse if self.result.mmse.ndim == 2 else self.result.mmse[-1]
+        return self._preview()
 
 
 def _slice_seed(seed: int, index: int) -> int:
@@ -133,10 +152,13 @@ class Denoiser:
                         else create_backend(backend, self.package, threads=threads, **backend_options))
 
     # ------------------------------------------------------------------ public
-    def denoise(self, image: np.ndarray, **options) -> DenoiseResult:
+    def denoise(self, image: np.ndarray, *, on_progress: Callable[[Progress], None] | None = None,
+                **options) -> DenoiseResult:
         """Denoise a 2D image (Y, X) or a stack (n, Y, X), slice by slice.
 
-        Keyword options are those of :meth:`iter_denoise`.
+        Keyword options are those of :meth:`iter_denoise`; ``on_progress`` (optional) is
+        called with every :class:`Progress` event, e.g. to show
+        ``event.current_mmse()`` live.
 
         Raises
         ------
@@ -147,8 +169,20 @@ class Denoiser:
         """
         last = None
         for event in self.iter_denoise(image, **options):
+            if on_progress is not None:
+                on_progress(event)
             last = event
         return last.result
+
+    def stream(self, frames: Iterable[np.ndarray], *, max_queue: int = 2,
+               when_full: str = "block", **options) -> Iterator[StreamResult]:
+        """Denoise 2D frames as they arrive (e.g. from a camera loop): a background thread
+        pulls ``frames`` into a queue of at most ``max_queue``; when it is full the source
+        waits (``when_full="block"``) or the frame is dropped (``"drop"``). Yields a
+        :class:`~hdn_deploy.streaming.StreamResult` per frame, in order, with its
+        latency. Other options as :meth:`iter_denoise`; frame i gets the seed of slice i
+        of a stack. Raises InputError for a frame that is not 2D."""
+        return stream_frames(self, frames, max_queue=max_queue, when_full=when_full, **options)
 
     def iter_denoise(
         self,
@@ -166,6 +200,7 @@ class Denoiser:
         checkpoints: Sequence[int] = (),
         timings: dict[str, float] | None = None,
         allow_out_of_range: bool = False,
+        tolerance: Tolerance | float | str | None = None,
     ) -> Iterator[Progress]:
         """Denoise tile by tile, yielding a :class:`Progress` after every tile so callers
         can show progress or stop early; the last event carries the result.
@@ -201,39 +236,51 @@ class Denoiser:
             the model was trained on (see :mod:`hdn_deploy.range_check`); the shares are
             recorded in ``metadata["input_range"]`` either way.
 
+        tolerance
+            Adaptive sampling (see :mod:`hdn_deploy.adaptive`): stop each tile's sampling
+            once the standard error of its MMSE is at or below this, in intensity units
+            (``2.5``) or as a fraction of the noise std (``"0.05sigma"``); ``n_samples``
+            is then the upper bound. The samples used per tile are in
+            ``metadata["samples_per_tile"]`` (one list per slice, row-major tiles).
+            None (default): exactly ``n_samples``. Not combinable with ``checkpoints``.
+
         Raises
         ------
         OutOfRangeError
             (an InputError) above 10 % of pixels out of range without
             ``allow_out_of_range``; above 1 % an OutOfRangeWarning is issued.
+        ConfigError
+            For invalid options (listed in the message).
         """
         array = self._check_image(image)
         input_range = check_intensity_range(array, self.package.manifest,
                                             package=self.package.path,
                                             allow_out_of_range=allow_out_of_range)
         run = self._run_settings(n_samples, batch_size, keep_samples, checkpoints, sampling,
-                                 tile, overlap, margin, blend, timings)
+                                 tile, overlap, margin, blend, timings, tolerance)
         stack = array[None] if array.ndim == 2 else array
         plans = [run.tiler.plan(s.shape) for s in stack]
         self._warn_seams(run.tiler, plans)
         total, done = sum(len(p) for p in plans), 0
-        merged = []
+        merged, used = [], []
         for z, (frame, plan) in enumerate(zip(stack, plans)):
             sampler = LatentSampler(_slice_seed(seed, z), mode=run.mode)
-            for item in self._iter_frame(frame, plan, sampler, run):
-                if isinstance(item, np.ndarray):  # the frame's merged stack
-                    merged.append(item)
-                    continue
+            merger = run.tiler.merger(plan)
+            used.append([])
+            for count in self._iter_frame(frame, plan, merger, sampler, run):
+                used[-1].append(count)
                 done += 1
                 if done < total:
-                    yield Progress(done, total)
+                    yield Progress(done, total, samples_used=count, slice_index=z,
+                                   _preview=lambda m=merger: self._preview(m))
+            merged.append(timed(run.timings, "merge", merger.finalize))
         result = self._result(merged, array, run, seed)
-        result.metadata["input_range"] = input_range
-        yield Progress(total, total, result)
+        result.metadata.update(input_range=input_range, **adaptive_metadata(run.tolerance, used))
+        yield Progress(total, total, result, samples_used=used[-1][-1], slice_index=len(stack) - 1)
 
     # ----------------------------------------------------------------- helpers
     def _run_settings(self, n_samples, batch_size, keep_samples, checkpoints, sampling, tile,
-                      overlap, margin, blend, timings) -> _Run:
+                      overlap, margin, blend, timings, tolerance=None) -> _Run:
         mode = _sampling_mode(sampling)
         if mode is SamplingMode.MEAN:
             n_samples = 1
@@ -245,12 +292,16 @@ class Denoiser:
         marks = tuple(sorted({int(n) for n in checkpoints}))
         if marks and (marks[0] < 1 or marks[-1] > n_samples):
             raise ConfigError(f"checkpoints must lie in [1, n_samples={n_samples}], got {list(marks)}")
+        tolerance = None if mode is SamplingMode.MEAN else Tolerance.parse(tolerance)
+        if tolerance is not None and marks:
+            raise ConfigError("checkpoints and tolerance cannot be combined (a tile may stop "
+                              "before a checkpoint); use one or the other")
         pkg = self.package
         overlap = pkg.recommended_overlap if overlap is None else overlap
         tiler = Tiler(tile or pkg.recommended_tile, overlap, multiple=pkg.spatial_multiple,
                       blend=blend, margin=pkg.recommended_overlap // 2 if margin is None else margin)
         return _Run(n_samples=n_samples, batch_size=batch_size, keep=min(keep_samples, n_samples),
-                    marks=marks, mode=mode, tiler=tiler, timings=timings)
+                    marks=marks, mode=mode, tiler=tiler, timings=timings, tolerance=tolerance)
 
     def _warn_seams(self, tiler: Tiler, plans: list[TilePlan]) -> None:
         if tiler.overlap == 0 and any(len(p) > 1 for p in plans):
@@ -258,36 +309,45 @@ class Denoiser:
                                               recommended=self.package.recommended_overlap),
                           SeamWarning, stacklevel=4)
 
-    def _iter_frame(self, frame: np.ndarray, plan: TilePlan, sampler: LatentSampler,
-                    run: _Run) -> Iterator[Tile | np.ndarray]:
-        """Denoise one 2D frame (normalised units): yields each tile when it is done, then
-        the merged stack ``[mean, variance, *kept samples, *checkpoint means]`` (float64,
-        image shape). Variances are blended, not second moments: where overlapping tiles
-        disagree (tiling error), that disagreement is not posterior uncertainty and must
-        not show up in the std."""
-        merger = run.tiler.merger(plan)
+    def _iter_frame(self, frame: np.ndarray, plan: TilePlan, merger, sampler: LatentSampler,
+                    run: _Run) -> Iterator[int]:
+        """Denoise one 2D frame (normalised units) into ``merger``: adds every tile's stack
+        ``[mean, variance, *kept samples, *checkpoint means]`` and yields its sample count.
+        Variances are blended, not second moments: where overlapping tiles disagree
+        (tiling error), that disagreement is not posterior uncertainty and must not show
+        up in the std."""
         normalised = ((frame - self.package.mean) / self.package.std).astype(np.float32)
         for tile, patch in run.tiler.iter_tiles(normalised, plan):
-            stack = self._tile_stack(patch, tile, sampler, run)
+            stack, count = self._tile_stack(patch, tile, sampler, run)
             timed(run.timings, "merge", merger.add, tile, stack)
-            yield tile
-        yield timed(run.timings, "merge", merger.finalize)
+            yield count
 
     def _tile_stack(self, patch: np.ndarray, tile: Tile, sampler: LatentSampler,
-                    run: _Run) -> np.ndarray:
-        """One tile through the backend: ``(2 + keep + len(marks), h, w)`` float64."""
+                    run: _Run) -> tuple[np.ndarray, int]:
+        """One tile through the backend: ``(2 + keep + len(marks), h, w)`` float64 and the
+        number of samples drawn (fewer than n_samples when the tolerance is met)."""
         backend = self.backend
         features = timed(run.timings, "encode", backend.encode, patch[None, None])
-        moments = backend.moments(patch.shape, keep=run.keep)
+        paired = run.mode is SamplingMode.ANTITHETIC
+        moments = backend.moments(patch.shape, keep=run.keep,
+                                  pairs=paired and run.tolerance is not None)
         snapshots = []
         for indices in _batches(run.n_samples, run.batch_size, run.marks):
             spec = EpsSpec(sampler, tuple(indices), tile.y0, tile.x0)
             backend.decode(features, spec, moments, timings=run.timings)
             if moments.count in run.marks:
                 snapshots.append(moments.mean())  # copies the mean only
+            if should_stop(moments, patch, run.tolerance, scale=self.package.std,
+                           paired=paired, minimum=run.keep):
+                break
         host = moments.to_host()
         return np.concatenate([host.mean[None], host.variance[None], host.samples,
-                               np.asarray(snapshots).reshape(-1, *patch.shape)])
+                               np.asarray(snapshots).reshape(-1, *patch.shape)]), host.count
+
+    def _preview(self, merger) -> np.ndarray:
+        """Raw-unit float32 MMSE of the tiles merged so far (NaN elsewhere)."""
+        partial = merger.finalize(allow_partial=True)[0]
+        return (partial * self.package.std + self.package.mean).astype(np.float32)
 
     def _result(self, merged: list[np.ndarray], array: np.ndarray, run: _Run,
                 seed: int) -> DenoiseResult:

@@ -46,6 +46,10 @@ class RunningMoments:
     xp : module, optional
         Array module holding the state (default numpy; cupy keeps the moments on the
         GPU, where the samples are: only :meth:`to_host` copies them back).
+    pairs : bool, optional
+        Also keep the running moments of the means of consecutive samples (1, 2), (3, 4),
+        ... (antithetic pairs, which are correlated within a pair and independent across
+        pairs): :meth:`standard_error` then uses them (default False).
 
     Examples
     --------
@@ -55,7 +59,8 @@ class RunningMoments:
     (3, 1.0, (1, 2, 2))
     """
 
-    def __init__(self, shape: Sequence[int], *, keep: int = 0, xp: ModuleType = np) -> None:
+    def __init__(self, shape: Sequence[int], *, keep: int = 0, xp: ModuleType = np,
+                 pairs: bool = False) -> None:
         self.shape = tuple(int(s) for s in shape)
         if keep < 0:
             raise InputError(f"keep must be >= 0, got {keep}")
@@ -66,6 +71,8 @@ class RunningMoments:
         self._m2 = xp.zeros(self.shape, dtype=xp.float64)
         self._kept = xp.empty((self.keep, *self.shape), dtype=xp.float32)
         self._n_kept = 0
+        self._pairs = _Welford(self.shape, xp) if pairs else None
+        self._first = xp.empty(self.shape, dtype=xp.float64) if pairs else None
 
     @property
     def count(self) -> int:
@@ -108,6 +115,45 @@ class RunningMoments:
             xp.subtract(sample, self._mean, out=scratch)
             scratch *= delta
             self._m2 += scratch
+            if self._pairs is not None:
+                self._add_to_pair(sample)
+
+    def _add_to_pair(self, sample) -> None:
+        if self._count % 2:  # first of a pair: wait for its partner
+            self._first[...] = sample
+            return
+        self._first += sample
+        self._first *= 0.5
+        self._pairs.add(self._first)
+
+    def standard_error(self) -> float:
+        """Root mean square over pixels of the standard error of the running mean, in
+        the samples' units: ``sqrt(mean(variance(ddof=1)) / count)``. With ``pairs``,
+        from the means of complete pairs: ``sqrt(mean(pair variance(ddof=1)) / n_pairs)``
+        (correct for antithetic samples, whose partners are not independent).
+
+        Raises
+        ------
+        InputError
+            With fewer than 2 samples (2 complete pairs with ``pairs``).
+        """
+        source = self._pairs if self._pairs is not None else self._own_welford()
+        if source.count < 2:
+            what = "pairs" if self._pairs is not None else "samples"
+            raise InputError(f"a standard error needs at least 2 {what}, got {source.count}")
+        return float(self._xp.sqrt(source.m2.mean() / (source.count - 1) / source.count))
+
+    def rms_distance(self, reference: np.ndarray) -> float:
+        """Root mean square of ``mean - reference`` over pixels (e.g. the residual of the
+        noisy input, an estimate of the noise std). ``reference``: ``shape``."""
+        self._require_samples()
+        diff = self._mean - self._xp.asarray(reference, dtype=self._xp.float64)
+        return float(self._xp.sqrt((diff * diff).mean()))
+
+    def _own_welford(self) -> "_Welford":
+        view = _Welford.__new__(_Welford)
+        view.count, view.m2 = self._count, self._m2
+        return view
 
     def to_host(self) -> TileMoments:
         """Mean, variance and kept samples copied to host memory (numpy)."""
@@ -138,3 +184,18 @@ class RunningMoments:
     def std(self, *, ddof: int = 0) -> np.ndarray:
         """Per-pixel standard deviation (float64)."""
         return np.sqrt(self.variance(ddof=ddof))
+
+
+class _Welford:
+    """Count, mean and sum of squared deviations of samples added one at a time."""
+
+    def __init__(self, shape: tuple[int, ...], xp: ModuleType) -> None:
+        self.count = 0
+        self.mean = xp.zeros(shape, dtype=xp.float64)
+        self.m2 = xp.zeros(shape, dtype=xp.float64)
+
+    def add(self, sample) -> None:
+        self.count += 1
+        delta = sample - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (sample - self.mean)

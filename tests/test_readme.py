@@ -26,6 +26,7 @@ OVERRIDES = {
     "train": TINY_TRAIN,
     "resume": ["--max-steps", "4", "--quiet"],
     "denoise": ["--n-samples", "2", "--quiet"],
+    "watch": ["--n-samples", "4", "--quiet", "--settle", "0"],
     "bench": ["--size", "64", "--n-samples", "2", "--repeats", "1", "--ref-samples", "1"],
 }
 
@@ -80,6 +81,7 @@ def test_readme_walkthrough_api_and_bench_run(readme_folder):
     assert (readme_folder / "denoised" / "img_000_mmse.tif").is_file()
     assert (readme_folder / "denoised" / "img_001_samples.tif").is_file()
     assert (readme_folder / "denoised_fast" / "img_001_std.tif").is_file()
+    assert (readme_folder / "denoised_live" / "img_001_mmse.tif").is_file()
     assert (readme_folder / "bench.json").is_file()
     (code,) = readme_blocks("api")
     namespace: dict = {}

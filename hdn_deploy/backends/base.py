@@ -6,7 +6,8 @@ onnxruntime CPU backend, GPU memory for TensorRT):
 * ``encode(image) -> Features``: the bottom-up graph once per tile. The result is a
   backend-owned handle (the arrays stay on the device); only the backend that made it
   can use it.
-* ``moments(shape, keep) -> RunningMoments``: backend-side running moments of one tile.
+* ``moments(shape, keep, pairs) -> RunningMoments``: backend-side running moments of one
+  tile (``pairs``: also of antithetic pair means, for adaptive sampling).
 * ``decode(features, eps, moments)``: the top-down graph for a batch of samples; adds
   them to ``moments`` on the device. ``eps`` is an :class:`EpsSpec` (seed, mode, sample
   indices and tile origin: the backend draws the latents where it decodes, under the
@@ -109,9 +110,10 @@ class Backend(ABC):
         arrays = self._encode(np.ascontiguousarray(image, dtype=np.float32))
         return Features(self, tuple(arrays), int(image.shape[2]), int(image.shape[3]))
 
-    def moments(self, shape: Sequence[int], *, keep: int = 0) -> RunningMoments:
-        """Empty running moments of one tile ``(H, W)``, kept where decode's samples are."""
-        return RunningMoments(shape, keep=keep, xp=self.array_module)
+    def moments(self, shape: Sequence[int], *, keep: int = 0, pairs: bool = False) -> RunningMoments:
+        """Empty running moments of one tile ``(H, W)``, kept where decode's samples are
+        (``pairs``: also the moments of pair means, for antithetic standard errors)."""
+        return RunningMoments(shape, keep=keep, xp=self.array_module, pairs=pairs)
 
     def decode(self, features: Features, eps: EpsSpec | Sequence[Any], moments: RunningMoments,
                *, timings: dict[str, float] | None = None) -> None:

@@ -19,7 +19,7 @@ from .aliases import AliasOption
 from .main import handle_errors, main
 
 _SETTING_KEYS = ("samples", "seed", "tile", "overlap", "sampling", "save_std", "save_samples",
-                 "output_dtype", "blend", "axes")
+                 "output_dtype", "blend", "axes", "tolerance")
 
 
 def _settings(opts: dict[str, Any], model_hash: str) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def _run_denoiser(image: Any, run: _Run) -> Any:
             image.array, n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
             overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
             batch_size=run.batch_size or DEFAULT_BATCH, blend=opts["blend"],
-            allow_out_of_range=opts["allow_out_of_range"],
+            allow_out_of_range=opts["allow_out_of_range"], tolerance=opts["tolerance"],
         ):
             bar.total = event.tiles_total
             bar.update(event.tiles_done - bar.n)
@@ -196,42 +196,87 @@ def _start(out_dir: Path, paths: list[Path], tally: _Tally) -> list[Path]:
     return inputs
 
 
+DENOISE_OPTIONS = [
+    click.option("-m", "--model", required=True, type=click.Path(), help="Model package folder."),
+    click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help="Output folder (created if missing); the inputs' folder tree is mirrored below it."),
+    click.option("--n-samples", "samples", cls=AliasOption, aliases=("--samples",), default=100,
+                 show_default=True, help="Posterior samples per image."),
+    click.option("--tolerance", default=None, help="Adaptive sampling: stop each tile's "
+                    "sampling once the standard error of its MMSE is at most this, in intensity "
+                    "units (2.5) or as a fraction of the noise std (0.05sigma); --n-samples is "
+                    "then the upper bound. Samples used per tile go in the metadata."),
+    click.option("--seed", default=0, show_default=True, help="Seed of all latent noise."),
+    click.option("--tile", type=int, help="Tile size (default: the package's recommendation)."),
+    click.option("--overlap", type=int, help="Tile overlap in pixels (default: the package's "
+                 "recommendation). 0 leaves visible seams at tile borders (warned)."),
+    click.option("--sampling", type=click.Choice(values(SamplingMode)), default="antithetic",
+                 show_default=True, help="antithetic: (eps, -eps) pairs, each a valid posterior "
+                 "sample, the MMSE converges ~6x faster; mc: independent samples; "
+                 "mean: one pass with every level at its mean (fast approximation, not a sample)."),
+    click.option("--save-std/--no-save-std", default=True, show_default=True,
+                 help="Write the per-pixel std (uncertainty)."),
+    click.option("--keep-samples", "save_samples", cls=AliasOption, aliases=("--save-samples",),
+                 default=0, show_default=True, help="Also write the first K samples."),
+    click.option("--series", type=click.IntRange(min=0), default=None,
+                 help="Denoise only this series of each file (default: every series but thumbnails; "
+                 "files with several series get _s<N> in their output names)."),
+    click.option("--axes", default=None, help="Axes of the inputs when their metadata is missing or "
+                 "wrong, one letter per dimension: YX, ZYX, TYX, YXC, CYX, TZYX, STYX ... "
+                 "(S: independent images, C: channels, each denoised on its own)."),
+    click.option("--backend", type=click.Choice(values(BackendName)), default="auto", show_default=True),
+    click.option("--threads", type=int, help="CPU threads for the backend."),
+    click.option("--batch-size", default=None, type=int, help="Samples per network call."),
+    click.option("--blend", type=click.Choice(values(BlendMode)), default="hann", show_default=True),
+    click.option("--output-dtype", type=click.Choice(values(OutputDtype)), default="float32",
+                 show_default=True, help="'input' casts MMSE and samples back to the input dtype, clipped."),
+    click.option("--allow-out-of-range", is_flag=True,
+                 help="Denoise even when more than 10 % of an input's pixels lie outside the "
+                 "intensity range the model was trained on (refused by default; above 1 % warns)."),
+    click.option("--overwrite", is_flag=True, help="Recompute outputs that are already complete."),
+    click.option("--quiet", is_flag=True, help="No progress bars."),
+]
+
+
+def denoise_options(func):
+    """The denoise command's model, output and sampling options (shared with ``watch``)."""
+    for option in reversed(DENOISE_OPTIONS):
+        func = option(func)
+    return func
+
+
+def open_run(model: str, out_dir: Path, root: Path | None, inputs: set[Path],
+             opts: dict[str, Any], *, backend: str, threads: int | None, batch_size: int | None,
+             overwrite: bool, quiet: bool, tally: _Tally) -> _Run:
+    """Load the model and check the options and the output folder, before any image is read
+    (``opts["tolerance"]`` is normalised in place). Raises ConfigError, HDNError."""
+    from ..adaptive import Tolerance
+    from ..denoiser import Denoiser
+    from ..io import _writable_folder
+
+    tolerance = Tolerance.parse(opts["tolerance"])
+    opts["tolerance"] = None if tolerance is None else tolerance.describe()
+    den = Denoiser(model, backend=backend, threads=threads)
+    _writable_folder(out_dir)  # fail before the first image is computed, not after
+    return _Run(den=den, out_dir=out_dir, root=root, inputs=inputs,
+                settings=_settings(opts, den.package.model_hash), opts=opts,
+                batch_size=batch_size, overwrite=overwrite, quiet=quiet, tally=tally)
+
+
+def denoise_input(path: Path, run: _Run) -> None:
+    """Every series of one input file, as ``denoise`` does it (skip when complete, atomic
+    grouped outputs). Failures are counted in ``run.tally``; DiskSpaceError propagates."""
+    from ..io import ome_companions_of
+
+    run.inputs.add(path.resolve())
+    for other in ome_companions_of(path):
+        run.inputs.add(other.resolve())
+    _one_input(path, run)
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-m", "--model", required=True, type=click.Path(), help="Model package folder.")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (created if missing); the inputs' folder tree is mirrored below it.")
-@click.option("--n-samples", "samples", cls=AliasOption, aliases=("--samples",), default=100,
-              show_default=True, help="Posterior samples per image.")
-@click.option("--seed", default=0, show_default=True, help="Seed of all latent noise.")
-@click.option("--tile", type=int, help="Tile size (default: the package's recommendation).")
-@click.option("--overlap", type=int, help="Tile overlap in pixels (default: the package's "
-              "recommendation). 0 leaves visible seams at tile borders (warned).")
-@click.option("--sampling", type=click.Choice(values(SamplingMode)), default="antithetic",
-              show_default=True, help="antithetic: (eps, -eps) pairs, each a valid posterior "
-              "sample, the MMSE converges ~6x faster; mc: independent samples; "
-              "mean: one pass with every level at its mean (fast approximation, not a sample).")
-@click.option("--save-std/--no-save-std", default=True, show_default=True,
-              help="Write the per-pixel std (uncertainty).")
-@click.option("--keep-samples", "save_samples", cls=AliasOption, aliases=("--save-samples",),
-              default=0, show_default=True, help="Also write the first K samples.")
-@click.option("--series", type=click.IntRange(min=0), default=None,
-              help="Denoise only this series of each file (default: every series but thumbnails; "
-              "files with several series get _s<N> in their output names).")
-@click.option("--axes", default=None, help="Axes of the inputs when their metadata is missing or "
-              "wrong, one letter per dimension: YX, ZYX, TYX, YXC, CYX, TZYX, STYX ... "
-              "(S: independent images, C: channels, each denoised on its own).")
-@click.option("--backend", type=click.Choice(values(BackendName)), default="auto", show_default=True)
-@click.option("--threads", type=int, help="CPU threads for the backend.")
-@click.option("--batch-size", default=None, type=int, help="Samples per network call.")
-@click.option("--blend", type=click.Choice(values(BlendMode)), default="hann", show_default=True)
-@click.option("--output-dtype", type=click.Choice(values(OutputDtype)), default="float32",
-              show_default=True, help="'input' casts MMSE and samples back to the input dtype, clipped.")
-@click.option("--allow-out-of-range", is_flag=True,
-              help="Denoise even when more than 10 % of an input's pixels lie outside the "
-              "intensity range the model was trained on (refused by default; above 1 % warns).")
-@click.option("--overwrite", is_flag=True, help="Recompute outputs that are already complete.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@denoise_options
 @handle_errors
 def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, **opts):
     """Denoise TIFF INPUTS (files, folders, globs) with the model package MODEL.
@@ -243,20 +288,16 @@ def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_si
     taken as inputs, and no file that hdn-deploy did not write is overwritten. Exits 2 if
     any input, series or plane could not be denoised (after doing the rest).
     """
-    from ..denoiser import Denoiser
-    from ..io import _writable_folder, common_root, expand_inputs, ome_companions_of
+    from ..io import common_root, expand_inputs, ome_companions_of
 
     tally = _Tally()
     paths = expand_inputs(inputs)
-    den = Denoiser(model, backend=backend, threads=threads)
-    _writable_folder(out_dir)  # fail before the first image is computed, not after
+    run = open_run(model, out_dir, None, set(), opts, backend=backend, threads=threads,
+                   batch_size=batch_size, overwrite=overwrite, quiet=quiet, tally=tally)
     paths = _start(out_dir, paths, tally)
     if not paths:
         raise InputError("every file given is an output of hdn-deploy; nothing to denoise")
-    run = _Run(den=den, out_dir=out_dir, root=common_root(paths),
-               inputs={p.resolve() for p in paths},
-               settings=_settings(opts, den.package.model_hash), opts=opts, batch_size=batch_size,
-               overwrite=overwrite, quiet=quiet, tally=tally)
+    run.root, run.inputs = common_root(paths), {p.resolve() for p in paths}
     covered: dict[Path, Path] = {}
     bar = tqdm(paths, unit="file", disable=quiet or len(paths) < 2, desc="files")
     for done, path in enumerate(bar):

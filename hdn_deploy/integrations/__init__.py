@@ -1,0 +1,1 @@
+"""Hooks for acquisition software (each imports nothing of that software)."""
