@@ -129,7 +129,7 @@ def test_a_stop_mid_file_leaves_no_output(tiny_package, tmp_path, sig, name):
     err = tmp_path / "watch.err"
     _wait_for(lambda: "long.tif:" in err.read_text(), 60, "denoising to start (progress bar)")
     proc.send_signal(sig)
-    assert proc.wait(30) == 2
+    assert proc.wait(90) == 2  # generous: CI machines are shared
     text = err.read_text()
     assert f"stopped ({name})" in text and "interrupted while being denoised" in text
     assert not list(out.rglob("*.tif")) and not _temps(out)

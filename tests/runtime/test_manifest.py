@@ -71,15 +71,15 @@ def test_unknown_keys_are_rejected(tiny_package, tmp_path, where, key):
     assert str(path) in message and f"unknown key '{key}'" in message and f"'{dotted}'" in message
 
 
-def test_bundled_version_1_package_loads_upgraded():
-    assert json.loads((DEFAULT / MANIFEST_FILE).read_text())["format_version"] == 1
-    package = load_package(DEFAULT)
-    m = package.manifest
+def test_bundled_package_is_version_2_with_its_ranges():
+    assert json.loads((DEFAULT / MANIFEST_FILE).read_text())["format_version"] == 2
+    m = load_package(DEFAULT).manifest
     assert m.format_version == 2 and len(m.levels) == 6
     assert all(lv.feature_channels == 32 and lv.channels == 32 for lv in m.levels)
-    assert m.intensity_range.training_data is None
+    assert m.intensity_range.training_data is not None
     noise = m.intensity_range.noise_model
-    assert noise.min == pytest.approx(-1.7079, abs=1e-3) and noise.max == pytest.approx(266.64, abs=1e-2)
+    assert noise.min == pytest.approx(m.likelihood["min_signal"])
+    assert noise.max == pytest.approx(m.likelihood["max_signal"])
     assert m.uncond_levels == ()
 
 

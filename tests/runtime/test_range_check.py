@@ -41,12 +41,17 @@ def _uint16_1200_5900(shape=(64, 64)) -> np.ndarray:
     return rng.integers(1200, 5901, size=shape).astype(np.uint16)
 
 
-def test_bundled_range_comes_from_the_noise_model(bundled):
+def test_bundled_range_is_the_hull_of_training_data_and_noise_model(bundled):
+    stored = bundled.package.manifest.intensity_range
+    data, noise = stored.training_data, stored.noise_model
+    # bundled model: training data 0.1-99.9 % about -11.6..276.7, noise model about -1.6..266
+    assert -20 < data.p0_1 < 0 and 270 < data.p99_9 < 290
+    assert -5 < noise.min < 0 and 255 < noise.max < 275
     rng = model_range(bundled.package.manifest)
-    # noise model about -2..267, widened by a quarter of its width on each side
-    assert rng.low == pytest.approx(-1.708 - 0.25 * 268.347, abs=1e-2)
-    assert rng.high == pytest.approx(266.639 + 0.25 * 268.347, abs=1e-2)
-    assert "noise-model signal range" in rng.source
+    widen = lambda lo, hi: (lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo))  # noqa: E731
+    (a, b), (c, d) = widen(data.p0_1, data.p99_9), widen(noise.min, noise.max)
+    assert rng.low == pytest.approx(min(a, c)) and rng.high == pytest.approx(max(b, d))
+    assert "training data" in rng.source and "noise-model signal range" in rng.source
 
 
 def test_hull_of_training_data_and_noise_model(bundled):
@@ -67,7 +72,8 @@ def test_issue_examples_are_refused(bundled, image):
     assert isinstance(err.value, InputError)
     message = str(err.value)
     assert "100.0 % of the input's pixels" in message
-    assert "-68.79 to 333.7" in message and "allow_out_of_range=True" in message
+    rng = model_range(bundled.package.manifest)
+    assert f"{rng.low:.4g} to {rng.high:.4g}" in message and "allow_out_of_range=True" in message
 
 
 @pytest.mark.parametrize("image", [_uint16_1200_5900(), np.full((64, 64), 65535, np.uint16)])
