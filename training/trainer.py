@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hdn_deploy._version import __version__
-from hdn_deploy.atomic import atomic_path
+from hdn_deploy.atomic import atomic_path, atomic_write_text
 from hdn_deploy.errors import ConfigError, InputError, TrainingError
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -470,7 +470,7 @@ def train(
     run = TrainingRun(run_dir=run_dir, data=[str(d) for d in data], model_config=model_config,
                       train_config=train_config, noise_model=noise_model)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_FILE).write_text(json.dumps(run.settings(), indent=2))
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(run.settings(), indent=2))
     return run.run(progress=progress)
 
 
@@ -495,5 +495,5 @@ def resume(run_dir: str | Path, *, overrides: dict[str, Any] | None = None,
     run.restore(run_dir / LAST)
     if overrides:
         settings["train"] = train_cfg.to_dict()
-        (run_dir / RUN_FILE).write_text(json.dumps(settings, indent=2))
+        atomic_write_text(run_dir / RUN_FILE, json.dumps(settings, indent=2))
     return run.run(progress=progress)
