@@ -77,11 +77,26 @@ def test_once_waits_for_a_file_being_written(tiny_package, den, tmp_path):
     assert again.exit_code == 0 and again.output.count("already complete, skipped") == 2
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_watch_left_running():
+    """A failed test must not leave its watch process running (it would load the machine)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 def _start_watch(tiny_package, inputs: Path, out: Path, tmp_path: Path, *extra: str):
     log_out, log_err = (tmp_path / "watch.out").open("w"), (tmp_path / "watch.err").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "hdn_deploy", "watch", str(inputs), "-m",
                              str(tiny_package), "-o", str(out), *FAST, "--settle", "0.3",
                              "--interval", "0.05", *extra], stdout=log_out, stderr=log_err)
+    _STARTED.append(proc)
     err = tmp_path / "watch.err"
     _wait_for(lambda: "watching" in err.read_text(), 120, "watch to start")
     return proc
