@@ -4,7 +4,7 @@ Each variant runs in its own process (fresh torch state, its own thread count), 
 ``--steps`` steps after ``--warmup`` untimed ones, and reports the median step time; the
 variants run in turn, ``--rounds`` times (A B C A B C ...), so a drifting machine affects all
 alike. Compared: the ``cpu`` preset as is; channels-last memory format; ``torch.compile``;
-batch sizes; thread counts; the reference's width.
+batch sizes; thread counts; the reference's width and narrower/shallower models.
 
 Usage::
 
@@ -28,6 +28,8 @@ VARIANTS = {
     "batch 32": {"batch": 32},
     "2 threads": {"threads": 2},
     "64 filters, 5 blocks (reference width)": {"filters": 64, "blocks": 5},
+    "16 filters, 3 blocks": {"filters": 16, "blocks": 3},
+    "32 filters, 1 block": {"filters": 32, "blocks": 1},
 }
 
 
