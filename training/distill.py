@@ -400,7 +400,7 @@ class DistillRun:
     def _end_block(self, losses: list[float], seconds: float) -> None:
         self.seconds += seconds
         row = {"step": self.step, "lr": self.lr_at(self.step),
-               "train_mse": float(np.mean(losses)), **self.validate(),
+               "train_mse": float(np.mean(losses)) if losses else None, **self.validate(),
                "train_seconds": self.seconds}
         self.history.append(row)
         log.info("distill step %d: %s", self.step, row)
@@ -417,7 +417,7 @@ class DistillRun:
         from tqdm.auto import tqdm
 
         if not self.history:  # the untrained student, so the curve starts at step 0
-            self._end_block([float("nan")], 0.0)
+            self._end_block([], 0.0)
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step",
                    desc="distill")
         while self.step < self.cfg.steps:
