@@ -167,7 +167,7 @@ def test_int8_export_is_checked_and_refused_above_the_bound(tiny_package, data_d
     check = manifest.export.int8.check
     assert manifest.format_version == DIRECT_FORMAT_VERSION
     assert 0 < check.estimated_psnr_loss_db <= 10.0 and check.mean_sq_diff > 0
-    assert manifest.export.int8.calibration["data"] == [str(data[0])]
+    assert list(manifest.export.int8.calibration["data"]) == [str(data[0])]
     image = tifffile.imread(data_dir / "noisy.tif")[:32, :32]
     assert np.isfinite(Denoiser(out, backend="cpu", threads=1).denoise(image, n_samples=2).mmse).all()
 
