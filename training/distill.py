@@ -432,6 +432,11 @@ class DistillRun:
                 "history": self.history}
 
 
+def set_threads(threads: int) -> None:
+    """Size torch's CPU thread pool (before the run starts)."""
+    torch.set_num_threads(int(threads))
+
+
 def distill(source: str | Path, data: Sequence[str | Path], run_dir: str | Path, *,
             config: DistillConfig = DistillConfig(),
             direct_config: DirectConfig = DirectConfig(), progress: bool = True) -> dict[str, Any]:

@@ -46,9 +46,7 @@ def distill_command(source, data, output, resume, steps, batch_size, patch_size,
     """
     distill = load("training.distill", purpose="`hdn-deploy distill`", extra="train")
     if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+        distill.set_threads(threads)
     if resume is not None:
         if source is not None or data or output is not None:
             raise ConfigError("--resume RUN takes no SOURCE, DATA or -o")
