@@ -247,8 +247,18 @@ def signal_range_of(likelihood: Mapping[str, Any] | None) -> SignalRange | None:
 
 
 def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
-    """Plain JSON of ``manifest`` (``json.dumps``-able; round-trips through the reader)."""
-    return to_json(manifest)
+    """Plain JSON of ``manifest`` (``json.dumps``-able; round-trips through the reader).
+
+    A version-2 manifest leaves out the keys version 3 added (they are null there), so
+    that older releases, whose reader rejects unknown keys, keep reading it."""
+    data = to_json(manifest)
+    if manifest.format_version < DIRECT_FORMAT_VERSION:
+        data.pop("direct", None)
+        data["graphs"].pop("direct", None)
+        if data["export"].get("int8") is not None:
+            data["export"]["int8"].pop("calibration", None)
+            data["export"]["int8"].pop("check", None)
+    return data
 
 
 def manifest_from_json(data: Any, file: str | Path) -> Manifest:

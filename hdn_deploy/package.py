@@ -134,7 +134,7 @@ class ModelPackage:
             "provenance": m["provenance"],
             "export": m["export"],
             "precision": self.manifest.graph_precision.value,
-            "direct": m["direct"],
+            "direct": m.get("direct"),
         }
 
 

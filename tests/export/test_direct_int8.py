@@ -180,3 +180,14 @@ def test_cli_export_int8_refusal_exits_2(tiny_package, data_dir, tmp_path):
     res = CliRunner().invoke(main, ["export", str(tiny_package), "-o", str(tmp_path / "q"),
                                     "--int8"])
     assert res.exit_code == 2 and "--calibration-data" in res.output
+
+
+def test_sampler_only_manifests_stay_version_2_without_the_new_keys(tiny_package, direct_package):
+    """Older releases reject unknown keys: a package without a direct graph or an int8 check
+    must not carry the version-3 keys, not even as null."""
+    plain = json.loads((tiny_package / MANIFEST_FILE).read_text())
+    assert plain["format_version"] == 2 and "direct" not in plain
+    assert "direct" not in plain["graphs"]
+    rich = json.loads((direct_package / MANIFEST_FILE).read_text())
+    assert rich["format_version"] == 3 and rich["graphs"]["direct"]["file"] == DIRECT_FILE
+    assert load_package(tiny_package).summary()["direct"] is None
