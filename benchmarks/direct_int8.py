@@ -59,25 +59,33 @@ def cli(*args: str) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 1)}
 
 
+def _export_once(work: Path, label: str, *args: str) -> dict[str, Any]:
+    """``hdn-deploy export ARGS`` unless ``--work/export_<label>.json`` records it already."""
+    record_path = work / f"export_{label}.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    record = cli("export", *args)
+    print(json.dumps(record), flush=True)
+    if record["exit_code"] not in (0, 2):
+        raise SystemExit(record["output"])
+    atomic_write_text(record_path, json.dumps(record, indent=2))
+    return record
+
+
 def build_packages(args) -> dict[str, Any]:
     work = Path(args.work)
-    built = {}
+    work.mkdir(parents=True, exist_ok=True)
     direct, int8 = work / "pkg_direct", work / "pkg_int8"
-    if not direct.exists():
-        built["direct"] = cli("export", str(args.package), "-o", str(direct), "--direct",
-                              str(args.direct_run))
-    if not int8.exists():
-        built["int8"] = cli("export", str(args.package), "-o", str(int8), "--int8",
-                            "--calibration-data", str(args.teacher_data))
-        if built["int8"]["exit_code"] != 0:  # refused: measure it anyway, labelled unchecked
-            int8 = work / "pkg_int8_unchecked"
-            built["int8_unchecked"] = cli(
-                "export", str(args.package), "-o", str(int8), "--int8", "--calibration-data",
-                str(args.teacher_data), "--int8-max-loss-db", "1000", "--overwrite")
-    for record in built.values():
-        print(json.dumps(record), flush=True)
-        if record["exit_code"] not in (0, 2):
-            raise SystemExit(record["output"])
+    built = {"int8": _export_once(work, "int8", str(args.package), "-o", str(int8), "--int8",
+                                  "--calibration-data", str(args.teacher_data))}
+    if built["int8"]["exit_code"] != 0:  # refused: measure it anyway, labelled unchecked
+        int8 = work / "pkg_int8_unchecked"
+        built["int8_unchecked"] = _export_once(
+            work, "int8_unchecked", str(args.package), "-o", str(int8), "--int8",
+            "--calibration-data", str(args.teacher_data), "--int8-max-loss-db", "1000")
+    if args.phase == "all":
+        built["direct"] = _export_once(work, "direct", str(args.package), "-o", str(direct),
+                                       "--direct", str(args.direct_run))
     return {"exports": built, "direct": direct, "int8": int8}
 
 
@@ -226,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--int8-samples", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--phase", choices=("all", "reference"), default="all",
-                        help="reference: only the cached 100-sample MMSE of every image")
+    parser.add_argument("--phase", choices=("all", "reference", "int8"), default="all",
+                        help="reference: only the cached 100-sample MMSE of every image; "
+                        "int8: only the int8 export (both are reused by a later full run)")
     args = parser.parse_args(argv)
     from hdn_deploy import Denoiser
 
@@ -240,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             clean = np.ascontiguousarray(clean[y:y + args.crop, x:x + args.crop])
             yield name, clean, add_noise(clean, "pg", 0)
 
+    if args.phase == "int8":
+        print(json.dumps(build_packages(args)["exports"], indent=2))
+        return 0
     if args.phase == "reference":
         den = Denoiser(args.package, backend="cpu", threads=1)
         for name, _, noisy in crops():
