@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -85,10 +86,16 @@ def quantize_decoder_static(src: Path, dst: Path, feeds: list[dict]) -> None:
         def get_next(self):
             return next(self._iter, None)
 
-    quant.quantize_static(str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ,
-                          activation_type=quant.QuantType.QUInt8,
-                          weight_type=quant.QuantType.QInt8, per_channel=True,
-                          op_types_to_quantize=["Conv", "ConvTranspose"])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
+    try:
+        quant.quantize_static(str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ,
+                              activation_type=quant.QuantType.QUInt8,
+                              weight_type=quant.QuantType.QInt8, per_channel=True,
+                              op_types_to_quantize=["Conv", "ConvTranspose"])
+    finally:
+        root.setLevel(level)
 
 
 def _check_patches(frames: Sequence[np.ndarray], size: int, count: int, multiple: int,
