@@ -292,7 +292,9 @@ class DistillRun:
         self.run_dir = Path(run_dir)
         self.cfg, self.direct_cfg = config, direct_config
         ckpt = load_checkpoint(teacher_path)
-        self.teacher_path, self.teacher_sha = Path(teacher_path), _sha256(Path(teacher_path))
+        # Absolute paths: a resume may start from another working directory.
+        self.teacher_path = Path(teacher_path).resolve()
+        self.teacher_sha = _sha256(self.teacher_path)
         multiple = ckpt.model_config.spatial_multiple
         if config.patch_size % max(multiple, direct_config.spatial_multiple):
             raise ConfigError(f"patch_size {config.patch_size} must be a multiple of the "
@@ -302,7 +304,8 @@ class DistillRun:
         self.teacher = ckpt.build_model()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        frames, self.files = load_frames(list(data), config.patch_size)
+        frames, files = load_frames(list(data), config.patch_size)
+        self.files = [str(Path(f).resolve()) for f in files]
         train, val = split_frames(frames, config.val_fraction, config.patch_size)
         torch.manual_seed(config.seed)
         self.student = DirectUNet(direct_config)

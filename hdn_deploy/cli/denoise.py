@@ -218,7 +218,7 @@ DENOISE_OPTIONS = [
     click.option("--mode", type=click.Choice(values(DenoiseMode)), default="sampler",
                  show_default=True, help="sampler: average posterior samples (MMSE and std); "
                  "direct: one pass of the package's distilled direct denoiser (direct.onnx, "
-                 "see `hdn-deploy distill`): MMSE only, no std, ~100x faster."),
+                 "see `hdn-deploy distill`): MMSE only, no std; one network pass per tile."),
     click.option("--save-std/--no-save-std", default=None,
                  help="Write the per-pixel std (uncertainty) [default: yes with --mode sampler; "
                  "not available with --mode direct]."),
