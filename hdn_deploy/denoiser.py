@@ -21,8 +21,9 @@ from ._version import __version__
 from .adaptive import Tolerance, adaptive_metadata, should_stop
 from .backends import Backend, create_backend
 from .backends.base import EpsSpec, timed
-from .errors import ConfigError, HDNWarning, InputError
+from .errors import ConfigError, HDNWarning, InputError, PackageError
 from .latents import LATENT_CONTRACT, LatentSampler, SamplingMode, _sampling_mode
+from .options import DenoiseMode, parse
 from .package import ModelPackage, load_package
 from .range_check import check_intensity_range
 from .streaming import StreamResult, stream_frames
@@ -31,6 +32,8 @@ from .tiling import Tile, TilePlan, Tiler
 DEFAULT_SAMPLES = 100
 DEFAULT_BATCH = 1  # measured: on 2 CPU cores batches of 2-8 samples are not faster
 DEFAULT_SAMPLING = SamplingMode.ANTITHETIC  # measured: 2 samples reach what mc needs 13 for
+NO_STD = ("not available in direct mode: the direct denoiser outputs the MMSE in one pass and "
+          "draws no posterior samples; use mode='sampler' for the std")
 SEAM_MESSAGE = ("overlap=0: neighbouring tiles are not blended, which leaves visible seams "
                 "(errors up to ~3x the noise std at tile borders); use an overlap of at least "
                 "{multiple} (the package recommends {recommended})")
@@ -48,8 +51,9 @@ class DenoiseResult:
     ----------
     mmse : numpy.ndarray
         float32, the input's shape: mean of the samples (the MMSE estimate).
-    std : numpy.ndarray
-        float32, per-pixel standard deviation of the samples (uncertainty).
+    std : numpy.ndarray or None
+        float32, per-pixel standard deviation of the samples (uncertainty); None in
+        ``mode="direct"``, which draws no samples (``metadata["std"]`` says so).
     samples : numpy.ndarray or None
         float32 ``(k, *shape)``: the first k samples, when asked for.
     metadata : dict
@@ -60,7 +64,7 @@ class DenoiseResult:
     """
 
     mmse: np.ndarray
-    std: np.ndarray
+    std: np.ndarray | None
     samples: np.ndarray | None
     metadata: dict[str, Any] = field(default_factory=dict)
     checkpoints: dict[int, np.ndarray] = field(default_factory=dict)
@@ -78,6 +82,7 @@ class _Run:
     tiler: Tiler
     timings: dict[str, float] | None
     tolerance: Tolerance | None = None
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,7 @@ class Denoiser:
         timings: dict[str, float] | None = None,
         allow_out_of_range: bool = False,
         tolerance: Tolerance | float | str | None = None,
+        mode: DenoiseMode | str = DenoiseMode.SAMPLER,
     ) -> Iterator[Progress]:
         """Denoise tile by tile, yielding a :class:`Progress` after every tile so callers
         can show progress or stop early; the last event carries the result.
@@ -243,8 +249,18 @@ class Denoiser:
             is then the upper bound. The samples used per tile are in
             ``metadata["samples_per_tile"]`` (one list per slice, row-major tiles).
             None (default): exactly ``n_samples``. Not combinable with ``checkpoints``.
+        mode
+            ``"sampler"`` (default): average posterior samples (MMSE and std).
+            ``"direct"``: one pass of the package's distilled direct denoiser per tile
+            (``direct.onnx``, see ``hdn-deploy distill``), through the same tiling and
+            blending; ``std`` is None, ``n_samples``, ``seed`` and ``sampling`` do not
+            apply (``metadata["n_samples"]`` is 0) and ``keep_samples``, ``checkpoints``
+            and ``tolerance`` are refused.
 
         Raises
+        ------
+        PackageError
+            ``mode="direct"`` with a package that has no direct graph.
         ------
         OutOfRangeError
             (an InputError) above 10 % of pixels out of range without
@@ -257,7 +273,7 @@ class Denoiser:
                                             package=self.package.path,
                                             allow_out_of_range=allow_out_of_range)
         run = self._run_settings(n_samples, batch_size, keep_samples, checkpoints, sampling,
-                                 tile, overlap, margin, blend, timings, tolerance)
+                                 tile, overlap, margin, blend, timings, tolerance, mode)
         stack = array[None] if array.ndim == 2 else array
         plans = [run.tiler.plan(s.shape) for s in stack]
         self._warn_seams(run.tiler, plans)
@@ -280,7 +296,12 @@ class Denoiser:
 
     # ----------------------------------------------------------------- helpers
     def _run_settings(self, n_samples, batch_size, keep_samples, checkpoints, sampling, tile,
-                      overlap, margin, blend, timings, tolerance=None) -> _Run:
+                      overlap, margin, blend, timings, tolerance=None,
+                      denoise_mode=DenoiseMode.SAMPLER) -> _Run:
+        direct = parse(DenoiseMode, denoise_mode, "mode") is DenoiseMode.DIRECT
+        if direct:
+            self._check_direct(keep_samples, checkpoints, tolerance)
+            n_samples, keep_samples, checkpoints, tolerance = 1, 0, (), None
         mode = _sampling_mode(sampling)
         if mode is SamplingMode.MEAN:
             n_samples = 1
@@ -301,7 +322,22 @@ class Denoiser:
         tiler = Tiler(tile or pkg.recommended_tile, overlap, multiple=pkg.spatial_multiple,
                       blend=blend, margin=pkg.recommended_overlap // 2 if margin is None else margin)
         return _Run(n_samples=n_samples, batch_size=batch_size, keep=min(keep_samples, n_samples),
-                    marks=marks, mode=mode, tiler=tiler, timings=timings, tolerance=tolerance)
+                    marks=marks, mode=mode, tiler=tiler, timings=timings, tolerance=tolerance,
+                    direct=direct)
+
+    def _check_direct(self, keep_samples, checkpoints, tolerance) -> None:
+        if not self.package.has_direct:
+            raise PackageError(
+                f"{self.package.path}: mode='direct' needs a package with a direct denoiser "
+                "graph (direct.onnx), and this one has none. Add one: `hdn-deploy distill "
+                "CHECKPOINT DATA -o RUN`, then `hdn-deploy export PACKAGE -o NEW --direct RUN`; "
+                "or use mode='sampler'")
+        asked = [name for name, value in (("keep_samples", keep_samples),
+                                          ("checkpoints", tuple(checkpoints)),
+                                          ("tolerance", tolerance)) if value]
+        if asked:
+            raise ConfigError(f"{', '.join(asked)}: not available in direct mode (it draws no "
+                              "posterior samples); use mode='sampler'")
 
     def _warn_seams(self, tiler: Tiler, plans: list[TilePlan]) -> None:
         if tiler.overlap == 0 and any(len(p) > 1 for p in plans):
@@ -327,6 +363,9 @@ class Denoiser:
         """One tile through the backend: ``(2 + keep + len(marks), h, w)`` float64 and the
         number of samples drawn (fewer than n_samples when the tolerance is met)."""
         backend = self.backend
+        if run.direct:
+            mmse = timed(run.timings, "decode", backend.direct, patch[None, None])
+            return mmse[0].astype(np.float64), 0
         features = timed(run.timings, "encode", backend.encode, patch[None, None])
         paired = run.mode is SamplingMode.ANTITHETIC
         moments = backend.moments(patch.shape, keep=run.keep,
@@ -354,11 +393,14 @@ class Denoiser:
         """Raw-unit float32 result from the merged per-slice stacks."""
         scale, offset = self.package.std, self.package.mean
         mean = np.stack([m[0] for m in merged])
+        squeeze = (lambda a: a[0]) if array.ndim == 2 else (lambda a: a)
+        raw = lambda a: (a * scale + offset).astype(np.float32)  # noqa: E731
+        if run.direct:
+            return DenoiseResult(mmse=squeeze(raw(mean)), std=None, samples=None,
+                                 metadata=self._metadata(run, seed, array.shape))
         std = np.sqrt(np.maximum(np.stack([m[1] for m in merged]), 0.0))
         kept = np.stack([m[2:2 + run.keep] for m in merged], axis=1)  # (k, n, Y, X)
         marks = {n: np.stack([m[2 + run.keep + i] for m in merged]) for i, n in enumerate(run.marks)}
-        squeeze = (lambda a: a[0]) if array.ndim == 2 else (lambda a: a)
-        raw = lambda a: (a * scale + offset).astype(np.float32)  # noqa: E731
         samples = None
         if run.keep:
             samples = raw(kept[:, 0] if array.ndim == 2 else kept)
@@ -386,6 +428,9 @@ class Denoiser:
 
     def _metadata(self, run: _Run, seed: int, shape: tuple[int, ...]) -> dict[str, Any]:
         tiler = run.tiler
+        direct = {"mode": DenoiseMode.DIRECT.value, "n_samples": 0, "sampling": None,
+                  "std": NO_STD, "direct_sha256": self.package.manifest.graphs.direct.sha256,
+                  } if run.direct else {"mode": DenoiseMode.SAMPLER.value}
         return {
             "software": "hdn-deploy",
             "hdn_deploy_version": __version__,
@@ -404,4 +449,5 @@ class Denoiser:
             "batch_size": int(run.batch_size),
             "backend": self.backend.describe(),
             "shape": list(shape),
+            **direct,
         }

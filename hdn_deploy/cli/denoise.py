@@ -13,13 +13,13 @@ from typing import Any
 import click
 from tqdm.auto import tqdm
 
-from ..errors import DiskSpaceError, HDNError, InputError
-from ..options import BackendName, BlendMode, OutputDtype, SamplingMode, values
+from ..errors import ConfigError, DiskSpaceError, HDNError, InputError
+from ..options import BackendName, BlendMode, DenoiseMode, OutputDtype, SamplingMode, values
 from .aliases import AliasOption
 from .main import handle_errors, main
 
 _SETTING_KEYS = ("samples", "seed", "tile", "overlap", "sampling", "save_std", "save_samples",
-                 "output_dtype", "blend", "axes", "tolerance")
+                 "output_dtype", "blend", "axes", "tolerance", "mode")
 
 
 def _settings(opts: dict[str, Any], model_hash: str) -> dict[str, Any]:
@@ -123,6 +123,7 @@ def _run_denoiser(image: Any, run: _Run) -> Any:
             overlap=opts["overlap"], sampling=opts["sampling"], keep_samples=opts["save_samples"],
             batch_size=run.batch_size or DEFAULT_BATCH, blend=opts["blend"],
             allow_out_of_range=opts["allow_out_of_range"], tolerance=opts["tolerance"],
+            mode=opts["mode"],
         ):
             bar.total = event.tiles_total
             bar.update(event.tiles_done - bar.n)
@@ -214,8 +215,13 @@ DENOISE_OPTIONS = [
                  show_default=True, help="antithetic: (eps, -eps) pairs, each a valid posterior "
                  "sample, the MMSE converges ~6x faster; mc: independent samples; "
                  "mean: one pass with every level at its mean (fast approximation, not a sample)."),
-    click.option("--save-std/--no-save-std", default=True, show_default=True,
-                 help="Write the per-pixel std (uncertainty)."),
+    click.option("--mode", type=click.Choice(values(DenoiseMode)), default="sampler",
+                 show_default=True, help="sampler: average posterior samples (MMSE and std); "
+                 "direct: one pass of the package's distilled direct denoiser (direct.onnx, "
+                 "see `hdn-deploy distill`): MMSE only, no std; one network pass per tile."),
+    click.option("--save-std/--no-save-std", default=None,
+                 help="Write the per-pixel std (uncertainty) [default: yes with --mode sampler; "
+                 "not available with --mode direct]."),
     click.option("--keep-samples", "save_samples", cls=AliasOption, aliases=("--save-samples",),
                  default=0, show_default=True, help="Also write the first K samples."),
     click.option("--series", type=click.IntRange(min=0), default=None,
@@ -256,11 +262,26 @@ def open_run(model: str, out_dir: Path, root: Path | None, inputs: set[Path],
 
     tolerance = Tolerance.parse(opts["tolerance"])
     opts["tolerance"] = None if tolerance is None else tolerance.describe()
+    _std_option(opts, tally)
     den = Denoiser(model, backend=backend, threads=threads)
     _writable_folder(out_dir)  # fail before the first image is computed, not after
     return _Run(den=den, out_dir=out_dir, root=root, inputs=inputs,
                 settings=_settings(opts, den.package.model_hash), opts=opts,
                 batch_size=batch_size, overwrite=overwrite, quiet=quiet, tally=tally)
+
+
+def _std_option(opts: dict[str, Any], tally: _Tally) -> None:
+    """Resolve ``--save-std`` for the mode: refused with ``--mode direct`` (no samples, no
+    std), on by default with the sampler."""
+    from ..denoiser import NO_STD
+
+    if opts["mode"] == DenoiseMode.DIRECT.value:
+        if opts["save_std"]:
+            raise ConfigError(f"--save-std: the std is {NO_STD}")
+        opts["save_std"] = False
+        tally.note(f"--mode direct: writing the MMSE only; the std is {NO_STD}")
+    elif opts["save_std"] is None:
+        opts["save_std"] = True
 
 
 def denoise_input(path: Path, run: _Run) -> None:
