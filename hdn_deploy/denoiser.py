@@ -13,7 +13,7 @@ import platform
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from .package import ModelPackage, load_package
 from .range_check import check_intensity_range
 from .streaming import StreamResult, stream_frames
 from .tiling import Tile, TilePlan, Tiler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .explain import Explanation
 
 DEFAULT_SAMPLES = 100
 DEFAULT_BATCH = 1  # measured: on 2 CPU cores batches of 2-8 samples are not faster
@@ -78,6 +81,7 @@ class _Run:
     tiler: Tiler
     timings: dict[str, float] | None
     tolerance: Tolerance | None = None
+    mean_levels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,33 @@ class Denoiser:
         of a stack. Raises InputError for a frame that is not 2D."""
         return stream_frames(self, frames, max_queue=max_queue, when_full=when_full, **options)
 
+    def explain(self, image: np.ndarray, *, n_samples: int = 8, seed: int = 0,
+                tile: int | None = None, overlap: int | None = None, margin: int | None = None,
+                blend: str = "hann", batch_size: int = DEFAULT_BATCH,
+                allow_out_of_range: bool = False,
+                on_progress: Callable[[int, int], None] | None = None) -> "Explanation":
+        """What each latent level encodes, for one 2D image (see :mod:`hdn_deploy.explain`):
+        the std each sampled level adds alone (every other level at its posterior mean,
+        eps = 0) and the MMSE with levels set to their mean from the finest up.
+
+        Options are those of :meth:`iter_denoise` (``n_samples``: samples per view, 8);
+        ``on_progress(done, total)`` after each of the ``2 L + 1`` runs. Returns an
+        :class:`~hdn_deploy.explain.Explanation`; write it with
+        :func:`~hdn_deploy.explain.write_explanation`.
+
+        Raises
+        ------
+        InputError
+            For anything but a finite 2D image, or one out of the model's range.
+        ConfigError
+            For invalid options.
+        """
+        from .explain import explain
+
+        return explain(self, image, n_samples=n_samples, seed=seed, tile=tile, overlap=overlap,
+                       margin=margin, blend=blend, batch_size=batch_size,
+                       allow_out_of_range=allow_out_of_range, on_progress=on_progress)
+
     def iter_denoise(
         self,
         image: np.ndarray,
@@ -201,6 +232,7 @@ class Denoiser:
         timings: dict[str, float] | None = None,
         allow_out_of_range: bool = False,
         tolerance: Tolerance | float | str | None = None,
+        mean_levels: Sequence[int] = (),
     ) -> Iterator[Progress]:
         """Denoise tile by tile, yielding a :class:`Progress` after every tile so callers
         can show progress or stop early; the last event carries the result.
@@ -243,6 +275,12 @@ class Denoiser:
             is then the upper bound. The samples used per tile are in
             ``metadata["samples_per_tile"]`` (one list per slice, row-major tiles).
             None (default): exactly ``n_samples``. Not combinable with ``checkpoints``.
+        mean_levels
+            Sampled latent levels (indices, 0 finest) held at their posterior mean
+            (eps = 0) in every sample; the other levels draw exactly the latents they
+            draw without it (latent contract). Default none. With every sampled level
+            listed, one pass as ``sampling="mean"``. Recorded in
+            ``metadata["mean_levels"]`` when not empty. :meth:`explain` uses it.
 
         Raises
         ------
@@ -257,14 +295,15 @@ class Denoiser:
                                             package=self.package.path,
                                             allow_out_of_range=allow_out_of_range)
         run = self._run_settings(n_samples, batch_size, keep_samples, checkpoints, sampling,
-                                 tile, overlap, margin, blend, timings, tolerance)
+                                 tile, overlap, margin, blend, timings, tolerance, mean_levels)
         stack = array[None] if array.ndim == 2 else array
         plans = [run.tiler.plan(s.shape) for s in stack]
         self._warn_seams(run.tiler, plans)
         total, done = sum(len(p) for p in plans), 0
         merged, used = [], []
         for z, (frame, plan) in enumerate(zip(stack, plans)):
-            sampler = LatentSampler(_slice_seed(seed, z), mode=run.mode)
+            sampler = LatentSampler(_slice_seed(seed, z), mode=run.mode,
+                                    mean_levels=run.mean_levels)
             merger = run.tiler.merger(plan)
             used.append([])
             for count in self._iter_frame(frame, plan, merger, sampler, run):
@@ -280,8 +319,11 @@ class Denoiser:
 
     # ----------------------------------------------------------------- helpers
     def _run_settings(self, n_samples, batch_size, keep_samples, checkpoints, sampling, tile,
-                      overlap, margin, blend, timings, tolerance=None) -> _Run:
+                      overlap, margin, blend, timings, tolerance=None, mean_levels=()) -> _Run:
         mode = _sampling_mode(sampling)
+        mean_levels = self._mean_levels(mean_levels)
+        if set(mean_levels) >= {lv.index for lv in self.package.sampled_levels}:
+            mode = SamplingMode.MEAN  # nothing left to sample: one pass
         if mode is SamplingMode.MEAN:
             n_samples = 1
         if n_samples < 1 or batch_size < 1 or keep_samples < 0:
@@ -301,7 +343,23 @@ class Denoiser:
         tiler = Tiler(tile or pkg.recommended_tile, overlap, multiple=pkg.spatial_multiple,
                       blend=blend, margin=pkg.recommended_overlap // 2 if margin is None else margin)
         return _Run(n_samples=n_samples, batch_size=batch_size, keep=min(keep_samples, n_samples),
-                    marks=marks, mode=mode, tiler=tiler, timings=timings, tolerance=tolerance)
+                    marks=marks, mode=mode, tiler=tiler, timings=timings, tolerance=tolerance,
+                    mean_levels=mean_levels)
+
+    def _mean_levels(self, levels: Sequence[int]) -> tuple[int, ...]:
+        """Sorted, checked ``mean_levels``: ConfigError for anything but sampled levels."""
+        sampled = [lv.index for lv in self.package.sampled_levels]
+        if isinstance(levels, (str, bytes)) or not all(
+                isinstance(lv, (int, np.integer)) and not isinstance(lv, bool) for lv in levels):
+            raise ConfigError(f"mean_levels must be a sequence of level indices, got {levels!r}")
+        chosen = sorted({int(lv) for lv in levels})
+        wrong = [lv for lv in chosen if lv not in sampled]
+        if wrong:
+            uncond = list(self.package.manifest.uncond_levels)
+            raise ConfigError(f"mean_levels {wrong} are not sampled levels of this model "
+                              f"(sampled: {sampled}; unconditional, always at their mean: "
+                              f"{uncond})")
+        return tuple(chosen)
 
     def _warn_seams(self, tiler: Tiler, plans: list[TilePlan]) -> None:
         if tiler.overlap == 0 and any(len(p) > 1 for p in plans):
@@ -386,6 +444,7 @@ class Denoiser:
 
     def _metadata(self, run: _Run, seed: int, shape: tuple[int, ...]) -> dict[str, Any]:
         tiler = run.tiler
+        extra = {"mean_levels": list(run.mean_levels)} if run.mean_levels else {}
         return {
             "software": "hdn-deploy",
             "hdn_deploy_version": __version__,
@@ -404,4 +463,5 @@ class Denoiser:
             "batch_size": int(run.batch_size),
             "backend": self.backend.describe(),
             "shape": list(shape),
+            **extra,
         }

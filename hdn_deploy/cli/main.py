@@ -45,7 +45,7 @@ def main() -> None:
 
 def _register() -> None:
     from . import (bench, build_engine, demo, denoise, export, export_bmz,  # noqa: F401
-                   generate, info, noise_model, train, watch)  # (each adds commands)
+                   explain, generate, info, noise_model, train, watch)  # (each adds commands)
 
 
 _register()
