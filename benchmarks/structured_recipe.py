@@ -41,6 +41,7 @@ RECIPES = {
     "warm": ((0, 1), {"structured_warmup_steps": "half"}, {}),
     "warm-klwarm": ((0, 1), {"structured_warmup_steps": "half", "kl_warmup_steps": "quarter"}, {}),
     "structured-fb4": ((0, 1), {}, {"free_bits": 4.0}),
+    "structured-012": ((0, 1, 2), {}, {}),
 }
 
 

@@ -144,7 +144,8 @@ class TrainConfig:
         each one's posterior head starting as a copy of its prior head (KL 0 at the switch);
         the best checkpoint is chosen among validations after the switch, and a KL warm-up
         (``kl_warmup_steps``) starts again at the switch. 0: unconditional from the first
-        step (the reference).
+        step (the reference). Experimental: on a tiny synthetic task it did worse than no
+        warm-up (benchmarks/results/structured).
     stop_on_collapse
         End the run with :class:`~hdn_deploy.errors.TrainingError` when a validation finds a
         posterior collapse (see ``trainer.collapse_diagnosis``); otherwise only warn.

@@ -120,8 +120,9 @@ def _noise_model(settings: dict[str, Any]):
 @click.option("--gaussian-sigma", type=float, help="Known Gaussian noise std (raw units).")
 @click.option("--structured", is_flag=True, help="Structured-noise mode: uncond_levels=[0, 1].")
 @click.option("--structured-warmup-steps", type=click.IntRange(min=0),
-              help="With --structured: train this many steps in pixel mode first, then make "
-                   "levels 0, 1 unconditional (0: unconditional from the start).")
+              help="Experimental, with --structured: train this many steps in pixel mode, then "
+                   "make levels 0, 1 unconditional (default 0: from the start; measured worse "
+                   "on a tiny task, see README).")
 @click.option("--levels", type=int, help="Latent levels (default 6).")
 @click.option("--latent-channels", type=int, help="Latent channels per level (default 32).")
 @click.option("--filters", type=int, help="Feature channels (default 64).")

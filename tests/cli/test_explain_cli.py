@@ -76,3 +76,13 @@ def test_denoise_mean_levels_flag(tiny_package, data_dir, tmp_path):
     assert "denoised 1" in other.output
     bad = CliRunner().invoke(main, [*args, "--mean-levels", "0,x"])
     assert bad.exit_code == 2 and "level indices" in bad.output
+
+
+def test_explain_flags_are_the_library_keywords():
+    import inspect
+
+    keywords = {name for name, p in inspect.signature(Denoiser.explain).parameters.items()
+                if p.kind is p.KEYWORD_ONLY} - {"on_progress"}
+    cli_only = {"image", "model", "out_dir", "plane", "axes", "backend", "threads", "quiet"}
+    params = {p.name for p in main.commands["explain"].params} - cli_only
+    assert params == keywords
