@@ -125,11 +125,11 @@ def run_one(recipe: str, seed: int, steps: int, data: list[Path], clean, noisy, 
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| recipe | seed | KL per level (nats/patch, 0 finest) | output var ratio | collapse "
+    head = ("| recipe | steps | seed | KL per level (nats/patch, 0 finest) | output var ratio | collapse "
             "(last / any after half) | MMSE PSNR (noisy) | row-offset std MMSE (noisy) | s |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {r['recipe']} | {r['seed']} | {', '.join(map(str, r['kl_patch']))} | "
+        f"| {r['recipe']} | {r['steps']} | {r['seed']} | {', '.join(map(str, r['kl_patch']))} | "
         f"{r['output_var_ratio']} | {r['collapse_last']} / {r['collapse_any_after_half']} | "
         f"{r['psnr_mmse']} ({r['psnr_noisy']}) | {r['row_std_mmse']} ({r['row_std_noisy']}) | "
         f"{r['seconds']} |\n" for r in rows)

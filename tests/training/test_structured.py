@@ -1,6 +1,10 @@
 """Structured mode: the pixel-mode warm-up and its switch to unconditional levels, exact
-resume across the switch, the collapse detector on a genuinely collapsed model, and the
-recipe on tiny synthetic striped data."""
+resume across the switch, the collapse detector on a genuinely collapsed model, and a
+tiny structured model on synthetic striped data that must not collapse.
+
+No recipe was found that makes the structured mode remove the rows (see
+benchmarks/results/structured); the last test guards the part that does hold: on this
+task the reference recipe trains without collapse."""
 import json
 
 import numpy as np
@@ -129,3 +133,19 @@ def test_detector_fires_on_a_forced_collapse(striped_tifs, tmp_path):
     assert max(val[f"kl_patch_{i}"] for i in range(4)) < 1e-3
     problem = run._check_collapse(val)
     assert problem is not None and "free-bits floor" in problem and run.collapse_warning
+
+
+@pytest.mark.slow
+def test_tiny_structured_model_on_striped_data_does_not_collapse(striped_tifs, tmp_path):
+    """The benchmark's setting (benchmarks/structured_recipe.py, recipe 'structured'):
+    200 steps; the last validation is not flagged, the conditional levels hold
+    information (KL well above the free bits) and the output is not flat."""
+    cfg = TrainConfig(batch_size=16, lr=1e-3, optimizer="adamax", lr_schedule="cosine",
+                      warmup_steps=20, max_steps=200, steps_per_epoch=25, val_patches=32,
+                      early_stop_patience=1000, seed=0, num_threads=1)
+    result = train(striped_tifs, tmp_path / "s", model_config=ModelConfig(**ARCH, uncond_levels=(0, 1)),
+                   train_config=cfg, noise_model=GaussianNoiseModel(SIGMA), progress=False)
+    last = result.history[-1]
+    assert last["collapse"] == 0
+    assert last["val_kl_patch_2"] > 5.0
+    assert last["val_output_var_ratio"] > 0.3
