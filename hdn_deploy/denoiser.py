@@ -13,7 +13,7 @@ import platform
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from .package import ModelPackage, load_package
 from .range_check import check_intensity_range
 from .streaming import StreamResult, stream_frames
 from .tiling import Tile, TilePlan, Tiler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .explain import Explanation
 
 DEFAULT_SAMPLES = 100
 DEFAULT_BATCH = 1  # measured: on 2 CPU cores batches of 2-8 samples are not faster
@@ -83,6 +86,7 @@ class _Run:
     timings: dict[str, float] | None
     tolerance: Tolerance | None = None
     direct: bool = False
+    mean_levels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,33 @@ class Denoiser:
         of a stack. Raises InputError for a frame that is not 2D."""
         return stream_frames(self, frames, max_queue=max_queue, when_full=when_full, **options)
 
+    def explain(self, image: np.ndarray, *, n_samples: int = 8, seed: int = 0,
+                tile: int | None = None, overlap: int | None = None, margin: int | None = None,
+                blend: str = "hann", batch_size: int = DEFAULT_BATCH,
+                allow_out_of_range: bool = False,
+                on_progress: Callable[[int, int], None] | None = None) -> "Explanation":
+        """What each latent level encodes, for one 2D image (see :mod:`hdn_deploy.explain`):
+        the std each sampled level adds alone (every other level at its posterior mean,
+        eps = 0) and the MMSE with levels set to their mean from the finest up.
+
+        Options are those of :meth:`iter_denoise` (``n_samples``: samples per view, 8);
+        ``on_progress(done, total)`` after each of the ``2 L + 1`` runs. Returns an
+        :class:`~hdn_deploy.explain.Explanation`; write it with
+        :func:`~hdn_deploy.explain.write_explanation`.
+
+        Raises
+        ------
+        InputError
+            For anything but a finite 2D image, or one out of the model's range.
+        ConfigError
+            For invalid options.
+        """
+        from .explain import explain
+
+        return explain(self, image, n_samples=n_samples, seed=seed, tile=tile, overlap=overlap,
+                       margin=margin, blend=blend, batch_size=batch_size,
+                       allow_out_of_range=allow_out_of_range, on_progress=on_progress)
+
     def iter_denoise(
         self,
         image: np.ndarray,
@@ -207,6 +238,7 @@ class Denoiser:
         allow_out_of_range: bool = False,
         tolerance: Tolerance | float | str | None = None,
         mode: DenoiseMode | str = DenoiseMode.SAMPLER,
+        mean_levels: Sequence[int] = (),
     ) -> Iterator[Progress]:
         """Denoise tile by tile, yielding a :class:`Progress` after every tile so callers
         can show progress or stop early; the last event carries the result.
@@ -256,6 +288,12 @@ class Denoiser:
             blending; ``std`` is None, ``n_samples``, ``seed`` and ``sampling`` do not
             apply (``metadata["n_samples"]`` is 0) and ``keep_samples``, ``checkpoints``
             and ``tolerance`` are refused.
+        mean_levels
+            Sampled latent levels (indices, 0 finest) held at their posterior mean
+            (eps = 0) in every sample; the other levels draw exactly the latents they
+            draw without it (latent contract). Default none. With every sampled level
+            listed, one pass as ``sampling="mean"``. Recorded in
+            ``metadata["mean_levels"]`` when not empty. :meth:`explain` uses it.
 
         Raises
         ------
@@ -273,14 +311,16 @@ class Denoiser:
                                             package=self.package.path,
                                             allow_out_of_range=allow_out_of_range)
         run = self._run_settings(n_samples, batch_size, keep_samples, checkpoints, sampling,
-                                 tile, overlap, margin, blend, timings, tolerance, mode)
+                                 tile, overlap, margin, blend, timings, tolerance, mode,
+                                 mean_levels)
         stack = array[None] if array.ndim == 2 else array
         plans = [run.tiler.plan(s.shape) for s in stack]
         self._warn_seams(run.tiler, plans)
         total, done = sum(len(p) for p in plans), 0
         merged, used = [], []
         for z, (frame, plan) in enumerate(zip(stack, plans)):
-            sampler = LatentSampler(_slice_seed(seed, z), mode=run.mode)
+            sampler = LatentSampler(_slice_seed(seed, z), mode=run.mode,
+                                    mean_levels=run.mean_levels)
             merger = run.tiler.merger(plan)
             used.append([])
             for count in self._iter_frame(frame, plan, merger, sampler, run):
@@ -297,12 +337,15 @@ class Denoiser:
     # ----------------------------------------------------------------- helpers
     def _run_settings(self, n_samples, batch_size, keep_samples, checkpoints, sampling, tile,
                       overlap, margin, blend, timings, tolerance=None,
-                      denoise_mode=DenoiseMode.SAMPLER) -> _Run:
+                      denoise_mode=DenoiseMode.SAMPLER, mean_levels=()) -> _Run:
         direct = parse(DenoiseMode, denoise_mode, "mode") is DenoiseMode.DIRECT
         if direct:
-            self._check_direct(keep_samples, checkpoints, tolerance)
+            self._check_direct(keep_samples, checkpoints, tolerance, mean_levels)
             n_samples, keep_samples, checkpoints, tolerance = 1, 0, (), None
         mode = _sampling_mode(sampling)
+        mean_levels = self._mean_levels(mean_levels)
+        if set(mean_levels) >= {lv.index for lv in self.package.sampled_levels}:
+            mode = SamplingMode.MEAN  # nothing left to sample: one pass
         if mode is SamplingMode.MEAN:
             n_samples = 1
         if n_samples < 1 or batch_size < 1 or keep_samples < 0:
@@ -323,9 +366,9 @@ class Denoiser:
                       blend=blend, margin=pkg.recommended_overlap // 2 if margin is None else margin)
         return _Run(n_samples=n_samples, batch_size=batch_size, keep=min(keep_samples, n_samples),
                     marks=marks, mode=mode, tiler=tiler, timings=timings, tolerance=tolerance,
-                    direct=direct)
+                    direct=direct, mean_levels=mean_levels)
 
-    def _check_direct(self, keep_samples, checkpoints, tolerance) -> None:
+    def _check_direct(self, keep_samples, checkpoints, tolerance, mean_levels) -> None:
         if not self.package.has_direct:
             raise PackageError(
                 f"{self.package.path}: mode='direct' needs a package with a direct denoiser "
@@ -334,10 +377,26 @@ class Denoiser:
                 "or use mode='sampler'")
         asked = [name for name, value in (("keep_samples", keep_samples),
                                           ("checkpoints", tuple(checkpoints)),
-                                          ("tolerance", tolerance)) if value]
+                                          ("tolerance", tolerance),
+                                          ("mean_levels", tuple(mean_levels))) if value]
         if asked:
             raise ConfigError(f"{', '.join(asked)}: not available in direct mode (it draws no "
                               "posterior samples); use mode='sampler'")
+
+    def _mean_levels(self, levels: Sequence[int]) -> tuple[int, ...]:
+        """Sorted, checked ``mean_levels``: ConfigError for anything but sampled levels."""
+        sampled = [lv.index for lv in self.package.sampled_levels]
+        if isinstance(levels, (str, bytes)) or not all(
+                isinstance(lv, (int, np.integer)) and not isinstance(lv, bool) for lv in levels):
+            raise ConfigError(f"mean_levels must be a sequence of level indices, got {levels!r}")
+        chosen = sorted({int(lv) for lv in levels})
+        wrong = [lv for lv in chosen if lv not in sampled]
+        if wrong:
+            uncond = list(self.package.manifest.uncond_levels)
+            raise ConfigError(f"mean_levels {wrong} are not sampled levels of this model "
+                              f"(sampled: {sampled}; unconditional, always at their mean: "
+                              f"{uncond})")
+        return tuple(chosen)
 
     def _warn_seams(self, tiler: Tiler, plans: list[TilePlan]) -> None:
         if tiler.overlap == 0 and any(len(p) > 1 for p in plans):
@@ -431,6 +490,7 @@ class Denoiser:
         direct = {"mode": DenoiseMode.DIRECT.value, "n_samples": 0, "sampling": None,
                   "std": NO_STD, "direct_sha256": self.package.manifest.graphs.direct.sha256,
                   } if run.direct else {"mode": DenoiseMode.SAMPLER.value}
+        extra = {"mean_levels": list(run.mean_levels)} if run.mean_levels else {}
         return {
             "software": "hdn-deploy",
             "hdn_deploy_version": __version__,
@@ -450,4 +510,5 @@ class Denoiser:
             "backend": self.backend.describe(),
             "shape": list(shape),
             **direct,
+            **extra,
         }

@@ -26,6 +26,7 @@ OVERRIDES = {
     "train": TINY_TRAIN,
     "resume": ["--max-steps", "4", "--quiet"],
     "denoise": ["--n-samples", "2", "--quiet"],
+    "explain": ["--n-samples", "2", "--quiet"],
     "watch": ["--n-samples", "4", "--quiet", "--settle", "0"],
     "bench": ["--size", "64", "--n-samples", "2", "--repeats", "1", "--ref-samples", "1"],
     "distill": ["--steps", "2", "--batch-size", "2", "--patch-size", "32", "--channels", "4",
@@ -91,10 +92,15 @@ def test_readme_walkthrough_api_and_bench_run(readme_folder):
     assert (readme_folder / "denoised_direct" / "img_001_mmse.tif").is_file()
     assert not (readme_folder / "denoised_direct" / "img_001_std.tif").exists()
     assert (readme_folder / "bench.json").is_file()
+    assert (readme_folder / "explained" / "img_000_explain.tif").is_file()
+    assert (readme_folder / "explained" / "img_000_explain.png").is_file()
+    assert (readme_folder / "denoised_level0_at_mean" / "img_001_mmse.tif").is_file()
     (code,) = readme_blocks("api")
     namespace: dict = {}
     exec(compile(code, "README.md:api", "exec"), namespace)
     assert namespace["mmse"].shape == (96, 96) and namespace["samples"].shape == (2, 96, 96)
+    assert namespace["explanation"].stack().shape[1:] == (96, 96)
+    assert (readme_folder / "explained_api" / "img_000_explain.png").is_file()
 
 
 @pytest.mark.slow

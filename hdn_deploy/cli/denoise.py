@@ -27,8 +27,20 @@ def _settings(opts: dict[str, Any], model_hash: str) -> dict[str, Any]:
     latent contract, whose samples differ, are recomputed)."""
     from ..latents import LATENT_CONTRACT
 
+    held = {"mean_levels": list(opts["mean_levels"])} if opts.get("mean_levels") else {}
     return {"model_sha256": model_hash, "latent_contract": LATENT_CONTRACT,
-            **{k: opts[k] for k in _SETTING_KEYS}}
+            **{k: opts[k] for k in _SETTING_KEYS}, **held}
+
+
+def _level_list(ctx, param, value: str | None) -> tuple[int, ...]:
+    """'0,1' -> (0, 1) for --mean-levels."""
+    if not value:
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated level indices such as 0,1; got "
+                                 f"{value!r}") from None
 
 
 def _kinds(opts: dict[str, Any]) -> list[str]:
@@ -124,6 +136,7 @@ def _run_denoiser(image: Any, run: _Run) -> Any:
             batch_size=run.batch_size or DEFAULT_BATCH, blend=opts["blend"],
             allow_out_of_range=opts["allow_out_of_range"], tolerance=opts["tolerance"],
             mode=opts["mode"],
+            mean_levels=opts["mean_levels"],
         ):
             bar.total = event.tiles_total
             bar.update(event.tiles_done - bar.n)
@@ -222,6 +235,9 @@ DENOISE_OPTIONS = [
     click.option("--save-std/--no-save-std", default=None,
                  help="Write the per-pixel std (uncertainty) [default: yes with --mode sampler; "
                  "not available with --mode direct]."),
+    click.option("--mean-levels", callback=_level_list, default=None, metavar="L,L,...",
+                 help="Latent levels (0: finest) held at their posterior mean (eps = 0) in every "
+                 "sample; see `hdn-deploy explain` for what each level encodes."),
     click.option("--keep-samples", "save_samples", cls=AliasOption, aliases=("--save-samples",),
                  default=0, show_default=True, help="Also write the first K samples."),
     click.option("--series", type=click.IntRange(min=0), default=None,

@@ -114,8 +114,11 @@ def _ome_metadata(axes: str, shape: tuple[int, ...], info: str, phys: PhysicalMe
     return meta
 
 
-def _imagej_kwargs(ij_axes: str, info: str, phys: PhysicalMetadata | None) -> dict:
+def _imagej_kwargs(ij_axes: str, info: str, phys: PhysicalMetadata | None,
+                   labels: Sequence[str] | None = None) -> dict:
     meta: dict[str, Any] = {"axes": ij_axes, "Info": info}
+    if labels:
+        meta["Labels"] = list(labels)
     kwargs: dict[str, Any] = {"imagej": True, "metadata": meta}
     if phys is None:
         return kwargs
@@ -130,7 +133,8 @@ def _imagej_kwargs(ij_axes: str, info: str, phys: PhysicalMetadata | None) -> di
     return kwargs
 
 
-def _write(tmp: Path, array: np.ndarray, axes: str, info: str, phys: PhysicalMetadata | None) -> None:
+def _write(tmp: Path, array: np.ndarray, axes: str, info: str, phys: PhysicalMetadata | None,
+           labels: Sequence[str] | None = None) -> None:
     ome_ok = set(axes) <= set("TZCQYX") and axes.endswith("YX") and "Q" not in axes.replace("Q", "", 1)
     if phys is not None and phys.source == "ome" and ome_ok:
         tifffile.imwrite(tmp, array, ome=True, photometric="minisblack",
@@ -138,7 +142,7 @@ def _write(tmp: Path, array: np.ndarray, axes: str, info: str, phys: PhysicalMet
         return
     ij_axes = imagej_axes(axes)
     if ij_axes is not None and array.dtype in _IMAGEJ_DTYPES:
-        tifffile.imwrite(tmp, array, **_imagej_kwargs(ij_axes, info, phys))
+        tifffile.imwrite(tmp, array, **_imagej_kwargs(ij_axes, info, phys, labels))
         return
     kwargs: dict[str, Any] = {}
     if phys is not None and phys.pixel_size and phys.unit in _MICRON:
@@ -220,7 +224,8 @@ def write_outputs_atomic(outputs: Sequence[TiffOutput]) -> list[Path]:
 
 
 def write_tiff_atomic(path: str | Path, array: np.ndarray, *, metadata: dict[str, Any],
-                      axes: str, physical: PhysicalMetadata | None = None) -> Path:
+                      axes: str, physical: PhysicalMetadata | None = None,
+                      labels: Sequence[str] | None = None) -> Path:
     """Write ``array`` as a TIFF, atomically.
 
     The data go to a hidden temporary file (``.<name>.<random>.tmp``) in the target
@@ -242,6 +247,9 @@ def write_tiff_atomic(path: str | Path, array: np.ndarray, *, metadata: dict[str
         ``'ZYX'``, ``'SYX'`` (samples; ImageJ ``ZYX``/``TZYX``), ``'YXC'``.
     physical : PhysicalMetadata, optional
         Pixel size, units ... to write (from the input; see module doc for formats).
+    labels : sequence of str, optional
+        One label per plane (ImageJ ``Labels``, shown as slice labels in Fiji), for
+        ImageJ TIFFs; ConfigError if the count is not the number of planes.
 
     Returns
     -------
@@ -258,9 +266,12 @@ def write_tiff_atomic(path: str | Path, array: np.ndarray, *, metadata: dict[str
     """
     path = Path(path)
     array, info = _check(path, np.asarray(array), axes, metadata)
+    planes = int(np.prod(array.shape[:-2]))
+    if labels is not None and len(labels) != planes:
+        raise ConfigError(f"{path}: {len(labels)} labels for {planes} planes")
     _writable_folder(path.parent)
     with atomic_path(path) as tmp:
-        _write(tmp, array, axes, info, physical)
+        _write(tmp, array, axes, info, physical, labels)
     return path
 
 
