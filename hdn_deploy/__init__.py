@@ -6,6 +6,7 @@ needs numpy, onnxruntime and tifffile only; it never imports torch.
 from ._version import __version__
 from .adaptive import Tolerance
 from .denoiser import DenoiseResult, Denoiser, Progress
+from .outofcore import ArrayOutputs
 from .streaming import StreamResult
 from .errors import (
     BackendError,
@@ -23,6 +24,7 @@ __all__ = [
     "Denoiser",
     "DenoiseResult",
     "Progress",
+    "ArrayOutputs",
     "StreamResult",
     "Tolerance",
     "HDNError",
