@@ -349,10 +349,11 @@ class Denoiser:
         """Sink of a StreamingMerger: blended rows of slice ``z`` -> raw-unit float32 rows
         of ``out`` (the conversion of :meth:`_result`, element by element)."""
         def write(rows: slice, block: np.ndarray) -> None:
-            where = (rows, slice(None)) if ndim == 2 else (z, rows, slice(None))
-            out.mmse[where] = self._raw_mmse(block[0])
-            if out.std is not None:
-                out.std[where] = self._raw_std(block[1])
+            for target, values in ((out.mmse, self._raw_mmse(block[0])),
+                                   (out.std, None if out.std is None else self._raw_std(block[1]))):
+                if target is not None:
+                    plane = target if ndim == 2 else outofcore.planes(target)[z]
+                    plane[rows, :] = values
         return write
 
     def _normalise(self, frame: np.ndarray) -> np.ndarray:

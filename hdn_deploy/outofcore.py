@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["ArrayOutputs", "Plane", "check_source", "iter_bands", "BAND_BYTES"]
+__all__ = ["ArrayOutputs", "BAND_BYTES", "FlatPlanes", "Plane", "check_source", "flat",
+           "iter_bands", "planes"]
 
 #: Bytes of float32 pixels read per block by the checks of a lazy source.
 BAND_BYTES = 32 * 2**20
@@ -45,26 +46,58 @@ class ArrayOutputs:
 
 
 class Plane:
-    """Plane ``index`` of a 3D array-like, sliced lazily: ``Plane(a, 3)[r0:r1, :]`` reads
-    ``a[3, r0:r1, :]`` only."""
+    """Plane ``index`` (a tuple over the leading axes) of an array-like, sliced lazily:
+    ``Plane(a, (3,))[r0:r1, :]`` reads ``a[3, r0:r1, :]`` only; assignment writes."""
 
-    def __init__(self, array: Any, index: int) -> None:
-        self.array, self.index = array, index
-        self.shape = tuple(array.shape[1:])
+    def __init__(self, array: Any, index: int | tuple[int, ...]) -> None:
+        self.array = array
+        self.index = index if isinstance(index, tuple) else (index,)
+        self.shape = tuple(array.shape[len(self.index):])
         self.dtype = np.dtype(array.dtype)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
-        return self.array[(self.index, *key)]
+        return np.asarray(self.array[(*self.index, *key)])
 
     def __setitem__(self, key, value) -> None:
         key = key if isinstance(key, tuple) else (key,)
-        self.array[(self.index, *key)] = value
+        self.array[(*self.index, *key)] = value
+
+
+class FlatPlanes:
+    """An N-D array-like ``(..., Y, X)`` seen as a stack ``(n, Y, X)`` of its planes in C
+    order, lazily (plane ``z`` is ``array[numpy.unravel_index(z, leading shape)]``), for
+    reading and writing; 2D and 3D arrays are returned as they are by :func:`flat`."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self._lead = tuple(array.shape[:-2])
+        self.shape = (int(np.prod(self._lead)), *array.shape[-2:])
+        self.dtype = np.dtype(array.dtype)
+
+    def plane(self, z: int) -> Plane:
+        return Plane(self.array, tuple(int(i) for i in np.unravel_index(z, self._lead)))
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return self.plane(key[0])[key[1:]]
+
+    def __setitem__(self, key, value) -> None:
+        self.plane(key[0])[key[1:]] = value
+
+
+def flat(array: Any) -> Any:
+    """``array`` as 2D or 3D: N-D array-likes (N > 3) become a :class:`FlatPlanes`."""
+    return FlatPlanes(array) if len(array.shape) > 3 else array
 
 
 def planes(array: Any) -> list[Any]:
     """The 2D planes of a 2D or 3D array-like (views, nothing is read)."""
-    return [array] if len(array.shape) == 2 else [Plane(array, z) for z in range(array.shape[0])]
+    if len(array.shape) == 2:
+        return [array]
+    if isinstance(array, FlatPlanes):
+        return [array.plane(z) for z in range(array.shape[0])]
+    return [Plane(array, z) for z in range(array.shape[0])]
 
 
 def iter_bands(array: Any, band_bytes: int = BAND_BYTES) -> Iterator[np.ndarray]:
