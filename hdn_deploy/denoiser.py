@@ -283,7 +283,7 @@ class Denoiser:
                 merger = run.tiler.merger(plan)
                 tiles = run.tiler.iter_tiles(self._normalise(frame), plan)
             else:
-                merger = StreamingMerger(plan, self._writer(out, z, array.ndim),
+                merger = StreamingMerger(plan, self._writer(out, z, len(array.shape)),
                                          blend=run.tiler.blend)
                 tiles = run.tiler.iter_tiles_lazy(frame, plan, self._normalise)
             used.append([])
