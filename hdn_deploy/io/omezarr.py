@@ -205,7 +205,8 @@ def read_zarr_metadata(path: str | Path) -> dict[str, Any] | None:
 
 def denoise_ome_zarr(denoiser: Any, url: str | Path, outputs: dict[str, str | Path], *,
                      pyramid: int = 0, metadata: dict[str, Any] | None = None,
-                     **options) -> dict[str, Any]:
+                     dask_client: Any = None, chunk: int = 2048, backend: str = "auto",
+                     threads: int | None = 1, **options) -> dict[str, Any]:
     """Denoise an OME-Zarr image out of core into OME-Zarr outputs.
 
     Parameters
@@ -220,6 +221,14 @@ def denoise_ome_zarr(denoiser: Any, url: str | Path, outputs: dict[str, str | Pa
         Downsampled levels added to the MMSE (0: none).
     metadata : dict, optional
         Extra run metadata stored with ours (``hdn_deploy`` attribute).
+    dask_client : distributed.Client, optional
+        Denoise on this cluster instead (:func:`hdn_deploy.dask.denoise`): workers read
+        the input and write the outputs' chunks themselves, so ``url`` and ``outputs``
+        must be reachable from every worker. Same bytes as without it. ``backend`` and
+        ``threads`` are then the workers' (see :func:`hdn_deploy.dask.denoise`).
+    chunk : int
+        With ``dask_client``: Y/X chunk size of the dask array (rounded to a multiple
+        of the output's zarr chunks, so that no two tasks write one chunk).
     **options
         As :meth:`Denoiser.iter_denoise` (not ``keep_samples``/``checkpoints``).
 
@@ -243,10 +252,14 @@ def denoise_ome_zarr(denoiser: Any, url: str | Path, outputs: dict[str, str | Pa
     with ExitStack() as stack:
         staging = {k: stack.enter_context(staged_folder(Path(p))) for k, p in outputs.items()}
         arrays = {k: create_ome_zarr(s, image.array.shape, tile=tile) for k, s in staging.items()}
-        out = ArrayOutputs(flat(arrays["mmse"]),
-                           flat(arrays["std"]) if "std" in arrays else None)
-        result = denoiser.denoise(flat(image.array), out=out, **options)
-        meta = {**result.metadata, **(metadata or {}), "input": str(url), "axes": image.axes,
+        if dask_client is None:
+            out = ArrayOutputs(flat(arrays["mmse"]),
+                               flat(arrays["std"]) if "std" in arrays else None)
+            run_meta = denoiser.denoise(flat(image.array), out=out, **options).metadata
+        else:
+            run_meta = _denoise_on_cluster(denoiser, image, arrays, dask_client, chunk, tile,
+                                           backend=backend, threads=threads, **options)
+        meta = {**run_meta, **(metadata or {}), "input": str(url), "axes": image.axes,
                 "input_metadata": image.physical.to_json()}
         for kind, folder in staging.items():
             finish_ome_zarr(folder, axes=image.axes, scale=image.scale, units=image.units,
@@ -254,3 +267,32 @@ def denoise_ome_zarr(denoiser: Any, url: str | Path, outputs: dict[str, str | Pa
                             name=image.physical.name, metadata={**meta, "kind": kind},
                             pyramid=pyramid if kind == "mmse" else 0)
     return meta
+
+
+def _denoise_on_cluster(denoiser: Any, image: ZarrImage, arrays: dict[str, Any], client: Any,
+                        chunk: int, tile: int, *, backend: str, threads: int | None,
+                        **options) -> dict[str, Any]:
+    """hdn_deploy.dask.denoise of the image's planes, stored chunk-wise into ``arrays``."""
+    da = require("dask.array", purpose="denoising on a dask cluster")
+    from .. import dask as hdn_dask
+
+    shape = image.array.shape
+    step = -(-max(chunk, tile) // tile) * tile  # a multiple of the output's zarr chunks
+    planes = image.array.reshape((-1, *shape[-2:]))
+    planes = planes.rechunk((1, *(_axis_chunks(n, step, tile) for n in shape[-2:])))
+    result = hdn_dask.denoise(planes, denoiser.package.path, backend=backend, threads=threads,
+                              **options)
+    lazy = {"mmse": result.mmse, "std": result.std}
+    sources = [lazy[k].reshape(shape) for k in arrays]
+    client.compute(da.store(sources, list(arrays.values()), lock=False, compute=False),
+                   sync=True)
+    return result.metadata
+
+
+def _axis_chunks(size: int, step: int, tile: int) -> tuple[int, ...]:
+    """Chunks of ``step`` along an axis of ``size``; a last remainder shorter than
+    ``tile`` joins the chunk before it (every chunk must hold a tile)."""
+    sizes = [step] * (size // step) + ([size % step] if size % step else [])
+    if len(sizes) > 1 and sizes[-1] < tile:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return tuple(sizes)
