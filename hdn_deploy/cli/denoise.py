@@ -5,15 +5,17 @@ the command exits 2 if anything failed, after a summary.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from tqdm.auto import tqdm
 
-from ..errors import DiskSpaceError, HDNError, InputError
+from ..errors import ConfigError, DiskSpaceError, HDNError, InputError
 from ..options import BackendName, BlendMode, OutputDtype, SamplingMode, values
 from .aliases import AliasOption
 from .main import handle_errors, main
@@ -64,6 +66,11 @@ class _Run:
     quiet: bool
     tally: _Tally
     claimed: dict[Path, Path] = field(default_factory=dict)  # output -> input, this run
+    dask_client: Any = None  # distributed.Client of --dask-scheduler / --dask-local
+    dask_chunk: int = 2048
+    pyramid: int = 0
+    backend: str = "auto"
+    threads: int | None = None
 
 
 def _claim(outputs: dict[str, Path], path: Path, run: _Run) -> None:
@@ -110,10 +117,45 @@ def _check_resources(path: Path, info: Any, outputs: dict[str, Path], run: _Run)
     check_disk_space(next(iter(outputs.values())).parent, disk)
 
 
+def _library_options(run: _Run) -> dict[str, Any]:
+    """The CLI options as Denoiser.iter_denoise keywords (samples/checkpoints excluded)."""
+    from ..denoiser import DEFAULT_BATCH
+
+    opts = run.opts
+    return dict(n_samples=opts["samples"], seed=opts["seed"], tile=opts["tile"],
+                overlap=opts["overlap"], sampling=opts["sampling"],
+                batch_size=run.batch_size or DEFAULT_BATCH, blend=opts["blend"],
+                allow_out_of_range=opts["allow_out_of_range"], tolerance=opts["tolerance"])
+
+
+def _dask_result(image: Any, run: _Run) -> Any:
+    """MMSE and std of an in-memory image computed on the dask cluster (same bytes)."""
+    import dask.array as da
+
+    from .. import dask as hdn_dask
+    from ..denoiser import DenoiseResult
+    from ..io.omezarr import _axis_chunks
+
+    if run.opts["save_samples"]:
+        raise InputError(f"'{image.path}': --keep-samples is not available with --dask-*")
+    array = image.array if image.array.ndim == 3 else image.array[None]
+    tile = run.opts["tile"] or run.den.package.recommended_tile
+    chunks = (1, *(_axis_chunks(n, max(run.dask_chunk, tile), tile) for n in array.shape[-2:]))
+    res = hdn_dask.denoise(da.from_array(array, chunks=chunks), run.den.package.path,
+                           backend=run.backend, threads=run.threads or 1, **_library_options(run))
+    mmse, std = run.dask_client.compute([res.mmse, res.std], sync=True)
+    squeeze = (lambda a: a[0]) if image.array.ndim == 2 else (lambda a: a)
+    return DenoiseResult(mmse=squeeze(mmse), std=squeeze(std), samples=None,
+                         metadata=res.metadata)
+
+
 def _run_denoiser(image: Any, run: _Run) -> Any:
     from ..denoiser import DEFAULT_BATCH
     from ..range_check import about_file
 
+    if run.dask_client is not None:
+        with about_file(image.path, lambda message: click.echo(message, err=True)):
+            return _dask_result(image, run)
     opts = run.opts
     bar = tqdm(unit="tile", disable=run.quiet, desc=image.path.name, leave=False)
     result = None
@@ -167,9 +209,59 @@ def _denoise_series(path: Path, info: Any, tag: int | None, source: dict[str, An
     run.tally.written += 1
 
 
+def _zarr_outputs(path: Path, run: _Run) -> dict[str, Path]:
+    from ..io.batch import _stem
+
+    rel = path.resolve().parent.relative_to(run.root)
+    stem = _stem(path.name.removesuffix(".zarr").removesuffix(".ome"))
+    kinds = ["mmse"] + (["std"] if run.opts["save_std"] else [])
+    return {k: run.out_dir / rel / f"{stem}_{k}.ome.zarr" for k in kinds}
+
+
+def _denoise_zarr(path: Path, run: _Run) -> None:
+    """One OME-Zarr input -> OME-Zarr outputs, out of core (or on the dask cluster)."""
+    from ..errors import OutputError
+    from ..io import fingerprint
+    from ..io.omezarr import denoise_ome_zarr, read_zarr_metadata
+    from ..range_check import about_file
+
+    if run.opts["save_samples"] or run.opts["output_dtype"] != "float32":
+        raise InputError(f"'{path}': OME-Zarr inputs give float32 MMSE/std OME-Zarr outputs; "
+                         "--keep-samples and --output-dtype input are not available for them")
+    meta_file = next((path / n for n in ("zarr.json", ".zattrs") if (path / n).is_file()))
+    source = {"path": path.resolve().relative_to(run.root).as_posix(),
+              "fingerprint": fingerprint(meta_file)}
+    outputs = _zarr_outputs(path, run)
+    _claim(outputs, path, run)
+    metas = {k: read_zarr_metadata(p) if p.exists() else None for k, p in outputs.items()}
+    if not run.overwrite and all(m and m.get("settings") == run.settings and m.get("source") == source
+                                 for m in metas.values()):
+        run.tally.skipped += 1
+        return
+    for kind, out in outputs.items():
+        if out.exists() and not (metas[kind] or {}).get("software") == "hdn-deploy":
+            raise OutputError(f"output '{out}' of '{path}' exists and was not written by "
+                              "hdn-deploy; it is left unchanged. Move it away or choose another -o")
+    with about_file(path, lambda message: click.echo(message, err=True)):
+        denoise_ome_zarr(run.den, path, outputs, pyramid=run.pyramid,
+                         metadata={"source": source, "settings": run.settings},
+                         dask_client=run.dask_client, chunk=run.dask_chunk, backend=run.backend,
+                         threads=run.threads or 1, **_library_options(run))
+    run.tally.written += 1
+
+
 def _one_input(path: Path, run: _Run) -> None:
     from ..io import fingerprint
+    from ..io.omezarr import is_ome_zarr
 
+    if is_ome_zarr(path):
+        try:
+            _denoise_zarr(path, run)
+        except DiskSpaceError:
+            raise
+        except HDNError as exc:
+            run.tally.fail(exc)
+        return
     rel = path.resolve().relative_to(run.root).as_posix()
     source = {"path": rel, "fingerprint": fingerprint(path)}
     for info, tag in _series_to_do(path, run):
@@ -274,26 +366,71 @@ def denoise_input(path: Path, run: _Run) -> None:
     _one_input(path, run)
 
 
+@contextlib.contextmanager
+def _dask_client(scheduler: str | None, local: int | None) -> Iterator[Any]:
+    """None, a Client of the scheduler at ``scheduler``, or of a LocalCluster of ``local``
+    single-threaded worker processes (OMP_NUM_THREADS=1)."""
+    if scheduler and local:
+        raise ConfigError("give --dask-scheduler or --dask-local, not both")
+    if not scheduler and not local:
+        yield None
+        return
+    from .._optional import require
+
+    distributed = require("distributed", purpose="--dask-scheduler / --dask-local")
+    if scheduler:
+        with distributed.Client(scheduler) as client:
+            yield client
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the worker processes
+    with distributed.LocalCluster(n_workers=local, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @denoise_options
+@click.option("--pyramid", type=click.IntRange(min=0), default=0, show_default=True,
+              help="OME-Zarr inputs: downsampled levels (2x2 mean) added to the MMSE output.")
+@click.option("--dask-scheduler", default=None, metavar="ADDRESS",
+              help="Denoise on this dask.distributed scheduler (tcp://host:8786); workers need "
+              "the model folder (and OME-Zarr inputs/outputs) at the same paths. Same bytes.")
+@click.option("--dask-local", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Denoise on a local dask cluster of N single-threaded worker processes.")
+@click.option("--dask-chunk", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="With --dask-*: Y/X chunk size in pixels (at least the tile size).")
 @handle_errors
-def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, **opts):
-    """Denoise TIFF INPUTS (files, folders, globs) with the model package MODEL.
+def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, pyramid,
+            dask_scheduler, dask_local, dask_chunk, **opts):
+    """Denoise TIFF or OME-Zarr INPUTS (files, folders, globs) with the model package MODEL.
 
     Writes <name>_mmse.tif (and _std.tif, _samples.tif) below the output folder, mirroring
     the inputs' folders, with the input's axes order and physical metadata. The outputs of
     one input are written together, atomically; a rerun skips inputs whose outputs are
     complete for the same input content and settings. Files hdn-deploy wrote are never
-    taken as inputs, and no file that hdn-deploy did not write is overwritten. Exits 2 if
-    any input, series or plane could not be denoised (after doing the rest).
+    taken as inputs, and no file that hdn-deploy did not write is overwritten. OME-Zarr
+    inputs (.zarr folders) are read and written tile by tile (images bigger than memory)
+    as <name>_mmse.ome.zarr and _std.ome.zarr. Exits 2 if any input, series or plane could
+    not be denoised (after doing the rest).
     """
+    with _dask_client(dask_scheduler, dask_local) as client:
+        _denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, opts,
+                 extra=dict(dask_client=client, dask_chunk=dask_chunk, pyramid=pyramid,
+                            backend=backend, threads=threads))
+
+
+def _denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, opts, *,
+             extra: dict[str, Any]) -> None:
     from ..io import common_root, expand_inputs, ome_companions_of
 
     tally = _Tally()
     paths = expand_inputs(inputs)
     run = open_run(model, out_dir, None, set(), opts, backend=backend, threads=threads,
                    batch_size=batch_size, overwrite=overwrite, quiet=quiet, tally=tally)
+    for key, value in extra.items():
+        setattr(run, key, value)
     paths = _start(out_dir, paths, tally)
     if not paths:
         raise InputError("every file given is an output of hdn-deploy; nothing to denoise")

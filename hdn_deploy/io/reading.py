@@ -205,9 +205,10 @@ def check_memory(path: Path, info: SeriesInfo, needed: int) -> None:
         raise InputError(
             f"'{path}' series {info.index} is {' x '.join(map(str, info.shape))} {info.dtype} "
             f"({_gib(info.nbytes)} as stored); reading and denoising it needs about "
-            f"{_gib(needed)} of memory but {_gib(free)} is available. Crop it or split it into "
-            "smaller files (e.g. tiles or single planes) and denoise those; reading large "
-            "images out of core, tile by tile, is planned but not implemented yet"
+            f"{_gib(needed)} of memory but {_gib(free)} is available. Denoise it out of core, "
+            "tile by tile: convert it to OME-Zarr (e.g. with bioformats2raw) and give the "
+            ".zarr folder, or use Denoiser.denoise(..., out=ArrayOutputs(...)) on "
+            "tifffile.imread(path, aszarr=True) (see the README, 'Big images and clusters')"
         )
 
 
