@@ -77,3 +77,26 @@ def test_dask_local_gives_the_bytes_of_one_process(tiny_package, tmp_path):
         a = tifffile.imread(tmp_path / "one" / f"a_{kind}.tif")
         b = tifffile.imread(tmp_path / "two" / f"a_{kind}.tif")
         assert a.dtype == b.dtype == np.float32 and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.slow
+def test_readme_big_images_commands_and_code_run(tiny_package, tmp_path, monkeypatch):
+    from conftest import noisy, synthetic_clean
+    from test_readme import readme_blocks, readme_commands
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_model").symlink_to(tiny_package)
+    image = noisy(synthetic_clean(160, 200), 10).clip(0).astype(np.uint16)
+    tifffile.imwrite("big.tif", image, tile=(64, 64))
+    _ome_zarr(tmp_path / "scan.ome.zarr", image[None])
+    (tmp_path / "noisy_images").mkdir()
+    tifffile.imwrite("noisy_images/img_000.tif", image[:96, :96])
+    commands = readme_commands("big-cli")
+    assert len(commands) == 2 and all(c[:2] == ["hdn-deploy", "denoise"] for c in commands)
+    for argv in commands:
+        res = CliRunner().invoke(main, argv[1:] + ["--n-samples", "2", "--quiet"])
+        assert res.exit_code == 0, f"{' '.join(argv)}\n{res.output}"
+    assert len(zarr.open_group("denoised_big/scan_mmse.ome.zarr", mode="r")) == 3  # 0, 1, 2
+    assert (tmp_path / "denoised_dask" / "img_000_std.tif").is_file()
+    (code,) = readme_blocks("big")
+    exec(compile(code, "README.md:big", "exec"), {})
