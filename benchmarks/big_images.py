@@ -181,7 +181,6 @@ def memory(args: argparse.Namespace, work: Path, tiny: Path) -> dict[str, Any]:
 
 
 def scaling(args: argparse.Namespace, tiny: Path) -> dict[str, Any]:
-    import dask
     import dask.array as da
     import distributed
 
@@ -212,7 +211,6 @@ def scaling(args: argparse.Namespace, tiny: Path) -> dict[str, Any]:
                      "bytes_equal_single_process": bool(
                          mmse.tobytes() == ref.mmse.tobytes() and std.tobytes() == ref.std.tobytes())})
         print(rows[-1], flush=True)
-    del dask
     return {"size": size, "chunk": chunk, "options": options, "runs": rows}
 
 

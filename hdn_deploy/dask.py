@@ -28,7 +28,7 @@ import numpy as np
 from ._optional import require
 from .denoiser import Denoiser, _slice_seed
 from .errors import ConfigError, InputError
-from .range_check import model_range, range_report
+from .range_check import check_intensity_range_blocks, model_range, range_report
 
 __all__ = ["DaskResult", "denoise", "worker_denoiser"]
 
@@ -113,9 +113,7 @@ def _range_and_finite(array: Any, den: Denoiser, allow_out_of_range: bool) -> di
     finite, low, high, *counts = dask.compute(*lazy)
     if not finite:
         raise InputError("image contains NaN or Inf values")
-    if rng is None:
-        from .range_check import check_intensity_range_blocks
-
+    if rng is None:  # warns once that the package stores no range
         return check_intensity_range_blocks([], den.package.manifest, package=den.package.path)
     return range_report(rng, int(counts[0]), int(counts[1]), int(values.size), float(low),
                         float(high), allow_out_of_range=allow_out_of_range)
@@ -201,8 +199,7 @@ def denoise(array: Any, model: str | Path, *, backend: str = "auto", threads: in
         raise ConfigError(f"{', '.join(bad)} not available with dask; use Denoiser.denoise")
     allow = bool(options.pop("allow_out_of_range", False))
     den = worker_denoiser(model, backend, threads)
-    settings = {k: options[k] for k in options}
-    run = den._run_settings(**_defaults(settings))
+    run = den._run_settings(**_defaults(options))
     depth = run.tiler.tile_size
     _check_chunks(array, depth)
     input_range = _range_and_finite(array, den, allow)
@@ -211,7 +208,7 @@ def denoise(array: Any, model: str | Path, *, backend: str = "auto", threads: in
     starts = [list(np.cumsum((0,) + c)[:-1].tolist()) for c in array.chunks]
     fn = functools.partial(_block, starts=starts, chunks=array.chunks, shape=array.shape,
                            depth=depth, model=str(model), backend=backend, threads=threads,
-                           seed=int(seed), options=_defaults(settings))
+                           seed=int(seed), options=_defaults(options))
     both = overlapped.map_blocks(fn, chunks=((2,), *array.chunks), new_axis=0,
                                  dtype=np.float32, meta=np.empty((0,) * (array.ndim + 1), np.float32))
     in_plan, run_tiles = _tiles_run(den, run, array)

@@ -264,14 +264,14 @@ class Tiler:
             With ``pad_mode="constant"`` (it needs the whole image's mean).
         """
         self._check_lazy(source, plan)
-        band, band_y0 = None, None
+        band, band_y0, origin = None, None, (0, 0)
         for tile in plan.tiles:
-            if tile.y0 != band_y0:
+            if tile.y0 != band_y0:  # a new row of tiles: read the image rows it needs
                 rows, _ = tile_source_rows(plan, tile)
                 lo, hi = int(rows.min()), int(rows.max()) + 1
                 band = np.asarray(source[lo:hi, :])
                 band = band if transform is None else transform(band)
-                band, band_y0, origin = band, tile.y0, (lo, 0)
+                band_y0, origin = tile.y0, (lo, 0)
             yield tile, read_tile(band, origin, plan, tile)
 
     def _check_lazy(self, source, plan: TilePlan) -> None:
