@@ -94,7 +94,7 @@ def _check_chunks(array: Any, depth: int) -> None:
                 "or use a smaller tile")
 
 
-def _even_chunk(size: int, depth: int, target: int = 2048) -> int:
+def _even_chunk(size: int, depth: int, target: int = 4096) -> int:
     """A chunk length near ``target`` whose every chunk along an axis of ``size`` (the
     last one too) is at least ``depth``."""
     n = max(1, min(size // depth, round(size / max(target, depth))))

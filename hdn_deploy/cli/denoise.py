@@ -67,7 +67,7 @@ class _Run:
     tally: _Tally
     claimed: dict[Path, Path] = field(default_factory=dict)  # output -> input, this run
     dask_client: Any = None  # distributed.Client of --dask-scheduler / --dask-local
-    dask_chunk: int = 2048
+    dask_chunk: int = 4096
     pyramid: int = 0
     backend: str = "auto"
     threads: int | None = None
@@ -399,7 +399,7 @@ def _dask_client(scheduler: str | None, local: int | None) -> Iterator[Any]:
               "the model folder (and OME-Zarr inputs/outputs) at the same paths. Same bytes.")
 @click.option("--dask-local", type=click.IntRange(min=1), default=None, metavar="N",
               help="Denoise on a local dask cluster of N single-threaded worker processes.")
-@click.option("--dask-chunk", type=click.IntRange(min=1), default=2048, show_default=True,
+@click.option("--dask-chunk", type=click.IntRange(min=1), default=4096, show_default=True,
               help="With --dask-*: Y/X chunk size in pixels (at least the tile size).")
 @handle_errors
 def denoise(inputs, model, out_dir, quiet, overwrite, backend, threads, batch_size, pyramid,

@@ -205,7 +205,7 @@ def read_zarr_metadata(path: str | Path) -> dict[str, Any] | None:
 
 def denoise_ome_zarr(denoiser: Any, url: str | Path, outputs: dict[str, str | Path], *,
                      pyramid: int = 0, metadata: dict[str, Any] | None = None,
-                     dask_client: Any = None, chunk: int = 2048, backend: str = "auto",
+                     dask_client: Any = None, chunk: int = 4096, backend: str = "auto",
                      threads: int | None = 1, **options) -> dict[str, Any]:
     """Denoise an OME-Zarr image out of core into OME-Zarr outputs.
 
