@@ -267,12 +267,13 @@ class Denoiser:
             For invalid options (listed in the message).
         """
         array = self._check_image(image) if out is None else outofcore.check_source(image)
-        input_range = self._check_range(array, out is not None, allow_out_of_range)
         run = self._run_settings(n_samples, batch_size, keep_samples, checkpoints, sampling,
                                  tile, overlap, margin, blend, timings, tolerance)
-        frames = outofcore.planes(array) if out is not None else list(array.reshape(-1, *array.shape[-2:]))
-        if out is not None:
+        if out is not None:  # checked before the range check reads a big image once
             self._check_out(out, run, array.shape)
+        input_range = self._check_range(array, out is not None, allow_out_of_range)
+        frames = (outofcore.planes(array) if out is not None
+                  else list(array.reshape(-1, *array.shape[-2:])))
         plans = [run.tiler.plan(f.shape) for f in frames]
         self._warn_seams(run.tiler, plans)
         total, done = sum(len(p) for p in plans), 0

@@ -1,10 +1,11 @@
-"""TIFF input and output for denoising.
+"""TIFF (and OME-Zarr) input and output for denoising.
 
 - :mod:`.reading`: series, axes, multi-file OME companions, memory checks -> :class:`ImageData`.
 - :mod:`.axes`: axes letters, ``axes=`` override, plausibility, planes.
 - :mod:`.metadata`: physical metadata carried to outputs; our run metadata read back.
 - :mod:`.writing`: outputs in the input's axes order and format, atomically, in groups.
 - :mod:`.batch`: inputs, mirrored output paths, resume fingerprints, overwrite protection.
+- :mod:`.omezarr`: OME-Zarr (NGFF) read lazily and written tile-wise (needs ``[big]``).
 """
 from __future__ import annotations
 
