@@ -211,8 +211,9 @@ def check_memory(path: Path, info: SeriesInfo, needed: int) -> None:
             "tile by tile: hdn-deploy denoise does so for TIFF series above "
             "--out-of-core-above pixels whose Y and X are the last axes (without "
             "--keep-samples and --dask-*); else convert it to OME-Zarr (e.g. with "
-            "bioformats2raw) and give the .zarr folder, or use Denoiser.denoise(..., out=ArrayOutputs(...)) on "
-            "tifffile.imread(path, aszarr=True) (see the README, 'Big images and clusters')"
+            "bioformats2raw) and give the .zarr folder, or use Denoiser.denoise(..., "
+            "out=ArrayOutputs(...)) on tifffile.imread(path, aszarr=True) (see the README, "
+            "'Big images and clusters')"
         )
 
 
