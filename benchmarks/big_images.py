@@ -20,6 +20,14 @@ antithetic sampling; throughput = pixels / wall time of ``dask.compute(mmse, std
         --out benchmarks/results/big_images
 
 Writes ``big_images.json`` and ``big_images.md`` in ``--out``.
+
+``cli``: peak RSS of ``hdn-deploy denoise`` on a tiled uint16 TIFF (in process, one
+process per run), out of core (``--out-of-core-above 0``) and in memory (the threshold
+above the image), tiny model, ``--sampling mean --tile 512``; the MMSE/std TIFFs of the
+two runs are compared byte for byte. Writes ``cli_tiff.json`` and ``cli_tiff.md``:
+
+    OMP_NUM_THREADS=1 python benchmarks/big_images.py cli --cli-size 4096 \
+        --out benchmarks/results/big_images
 """
 from __future__ import annotations
 
@@ -134,6 +142,59 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mib": round(_rss_mib(), 1), "rss_before_mib": round(before, 1)}
 
 
+def one_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """One CLI run in this process (``--mode ooc`` or ``mem``): prints a JSON line."""
+    from hdn_deploy.cli.main import main as cli
+
+    above = "0" if args.mode == "ooc" else str(2**62)
+    argv = ["denoise", args.input, "-m", args.package, "-o", args.output, "--sampling",
+            args.sampling, "--n-samples", str(args.samples), "--tile", str(args.tile),
+            "--backend", "cpu", "--threads", "1", "--quiet", "--out-of-core-above", above]
+    before = _current_rss_mib()
+    start = time.perf_counter()
+    cli.main(argv, standalone_mode=False)
+    return {"mode": args.mode, "seconds": round(time.perf_counter() - start, 2),
+            "peak_rss_mib": round(_rss_mib(), 1), "rss_before_mib": round(before, 1)}
+
+
+def cli_runs(args: argparse.Namespace, work: Path, tiny: Path) -> dict[str, Any]:
+    size = args.cli_size
+    path = write_input(work / f"in_{size}.tif", size)
+    rows = []
+    for mode in ("ooc", "mem"):
+        out = work / f"cli_{mode}_{size}"
+        cmd = [sys.executable, __file__, "one-cli", "--package", str(tiny), "--input",
+               str(path), "--mode", mode, "--output", str(out), "--sampling", args.sampling,
+               "--samples", str(args.samples), "--tile", str(args.tile)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        rows.append({**json.loads(done.stdout.strip().splitlines()[-1]), "size": size})
+        print(rows[-1], flush=True)
+    same = all((work / f"cli_ooc_{size}" / f"in_{size}_{k}.tif").read_bytes()
+               == (work / f"cli_mem_{size}" / f"in_{size}_{k}.tif").read_bytes()
+               for k in ("mmse", "std"))
+    return {"runs": rows, "files_equal": same,
+            "options": f"--sampling {args.sampling} --n-samples {args.samples} --tile {args.tile}"}
+
+
+def cli_markdown(results: dict[str, Any]) -> str:
+    lines = ["# hdn-deploy denoise on a big TIFF: out of core vs in memory", "",
+             f"Machine: {results['machine']} (shared with other jobs: times are indicative). "
+             f"Command: `{results['command']}`. One run per row; tiny test model, "
+             f"{results['cli']['options']}, input a tiled uint16 TIFF, outputs float32 "
+             "MMSE and std TIFFs.", "",
+             "| image | path | peak RSS (MiB) | RSS after imports (MiB) | time (s) |",
+             "|---|---|---|---|---|"]
+    for row in results["cli"]["runs"]:
+        path = ("out of core (--out-of-core-above 0)" if row["mode"] == "ooc"
+                else "in memory")
+        lines.append(f"| {row['size']} x {row['size']} uint16 | {path} | {row['peak_rss_mib']} "
+                     f"| {row['rss_before_mib']} | {row['seconds']} |")
+    lines += ["", f"MMSE and std TIFFs of the two runs equal byte for byte: "
+              f"{results['cli']['files_equal']}."]
+    return "\n".join(lines) + "\n"
+
+
 def _child(package: Path, input_path: Path, mode: str, output: Path, *, save: bool,
            sampling: str = "mean", samples: int = 1, tile: int = TILE) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "one", "--package", str(package), "--input",
@@ -243,7 +304,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["all", "one"])
+    parser.add_argument("what", choices=["all", "one", "cli", "one-cli"])
     parser.add_argument("--package")
     parser.add_argument("--input")
     parser.add_argument("--output")
@@ -260,17 +321,29 @@ def main() -> None:
     parser.add_argument("--dask-chunk", type=int, default=1024)
     parser.add_argument("--dask-samples", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cli-size", type=int, default=4096)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", default="benchmarks/results/big_images")
     args = parser.parse_args()
-    if args.what == "one":
-        print(json.dumps(one(args)))
+    if args.what in ("one", "one-cli"):
+        print(json.dumps(one(args) if args.what == "one" else one_cli(args)))
         return
     from hdn_deploy.atomic import atomic_write_text
 
     work = Path(args.work or tempfile.mkdtemp(prefix="hdn-big-"))
     work.mkdir(parents=True, exist_ok=True)
     tiny = tiny_package(work / "tiny")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    if args.what == "cli":
+        results = {"machine": machine, "cli": cli_runs(args, work, tiny),
+                   "command": "OMP_NUM_THREADS=1 python benchmarks/big_images.py cli "
+                              + " ".join(sys.argv[2:])}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "cli_tiff.json", json.dumps(results, indent=2))
+        atomic_write_text(out / "cli_tiff.md", cli_markdown(results))
+        print(cli_markdown(results))
+        return
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                           f"{platform.python_version()}",
                "command": "OMP_NUM_THREADS=1 python benchmarks/big_images.py all " + " ".join(sys.argv[2:]),

@@ -8,6 +8,7 @@ present (tifffile would fill the planes of a missing file with zeros).
 """
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -343,10 +344,12 @@ def open_image_lazy(path: str | Path, *, series: int, axes: str | None = None
                     ) -> Iterator[ImageData | None]:
     """One series of a TIFF opened for out-of-core denoising, without reading its pixels.
 
-    Yields an :class:`ImageData` whose ``array`` is a lazy array-like (tifffile's zarr
-    store of the series' full-resolution level, seen as ``(Y, X)`` or ``(n, Y, X)`` planes
-    by :func:`hdn_deploy.outofcore.flat`) that reads only the chunks (tiles or strips)
-    sliced; the file stays open inside the block. Yields None where only
+    Yields an :class:`ImageData` whose ``array`` is a lazy array-like ``(Y, X)`` or
+    ``(n, Y, X)`` that reads only the rows sliced: for an uncompressed contiguous series
+    (tifffile's default) the rows' bytes with ``os.pread`` (no memory map, whose pages
+    would count in the RSS); otherwise tifffile's zarr store of the full-resolution level
+    (only the tiles or strips sliced are decoded), seen as planes by
+    :func:`hdn_deploy.outofcore.flat`. The file stays open inside the block. Yields None where only
     :func:`read_image` can read the series: axes that need a transpose to put Y and X
     last (e.g. ``YXC``/RGB), singleton axes dropped, a non-numeric or bool dtype, or zarr
     (the ``[big]`` extra) missing. Values (NaN, infinities) are not checked here: the
@@ -362,8 +365,7 @@ def open_image_lazy(path: str | Path, *, series: int, axes: str | None = None
     try:
         import zarr
     except ImportError:
-        yield None
-        return
+        zarr = None
     path = Path(path)
     with _open(path) as tif:
         try:
@@ -375,7 +377,13 @@ def open_image_lazy(path: str | Path, *, series: int, axes: str | None = None
             physical = physical_metadata(tif, info.index)
             simple = (layout.keep == tuple(range(len(info.shape))) and layout.file_axes == layout.axes
                       and info.dtype.kind in "uif" and 0 not in info.shape)
-            array = zarr.open_array(tseries.aszarr(level=0), mode="r") if simple else None
+            if not simple:
+                array = None
+            elif tseries.dataoffset is not None:
+                array = _ContiguousPixels(path, tseries.dataoffset, info.shape,
+                                          np.dtype(info.dtype).newbyteorder(tif.byteorder))
+            else:
+                array = zarr.open_array(tseries.aszarr(level=0), mode="r") if zarr else None
         except InputError:
             raise
         except _READ_ERRORS as exc:
@@ -383,6 +391,39 @@ def open_image_lazy(path: str | Path, *, series: int, axes: str | None = None
         if array is None or tuple(array.shape) != info.shape:
             yield None
             return
-        yield ImageData(array=outofcore.flat(array), dtype=info.dtype, axes=layout.axes,
-                        path=path, shape=info.shape, layout=layout, series=info.index,
-                        physical=physical)
+        try:
+            yield ImageData(array=outofcore.flat(array), dtype=info.dtype, axes=layout.axes,
+                            path=path, shape=info.shape, layout=layout, series=info.index,
+                            physical=physical)
+        finally:
+            if isinstance(array, _ContiguousPixels):
+                array.close()
+
+
+class _ContiguousPixels:
+    """Read-only rows of an uncompressed contiguous TIFF series ``shape`` (C order from
+    byte ``offset``), read with ``os.pread``: ``a[r0:r1, c]`` / ``a[i, j, r0:r1, c]``
+    (integer indices before the row slice) -> native-endian numpy arrays."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._offset = int(offset)
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        nlead = len(self.shape) - 2
+        lead, rest = key[:nlead], key[nlead:] + (slice(None),) * (2 - len(key[nlead:]))
+        height, width = self.shape[-2:]
+        start, stop, step = rest[0].indices(height) if isinstance(rest[0], slice) else (
+            int(rest[0]), int(rest[0]) + 1, 1)
+        plane = int(np.ravel_multi_index(tuple(int(i) for i in lead), self.shape[:-2])) if nlead else 0
+        row_bytes = width * self.dtype.itemsize
+        first = self._offset + (plane * height + start) * row_bytes
+        data = os.pread(self._fd, max(stop - start, 0) * row_bytes, first)
+        rows = np.frombuffer(data, self.dtype).reshape(-1, width)[::step]
+        rows = rows[0] if not isinstance(rest[0], slice) else rows
+        return rows[..., rest[1]].astype(self.dtype.newbyteorder("="), copy=True)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -92,11 +92,12 @@ def test_readme_big_images_commands_and_code_run(tiny_package, tmp_path, monkeyp
     (tmp_path / "noisy_images").mkdir()
     tifffile.imwrite("noisy_images/img_000.tif", image[:96, :96])
     commands = readme_commands("big-cli")
-    assert len(commands) == 2 and all(c[:2] == ["hdn-deploy", "denoise"] for c in commands)
+    assert len(commands) == 3 and all(c[:2] == ["hdn-deploy", "denoise"] for c in commands)
     for argv in commands:
         res = CliRunner().invoke(main, argv[1:] + ["--n-samples", "2", "--quiet"])
         assert res.exit_code == 0, f"{' '.join(argv)}\n{res.output}"
     assert len(zarr.open_group("denoised_big/scan_mmse.ome.zarr", mode="r")) == 3  # 0, 1, 2
     assert (tmp_path / "denoised_dask" / "img_000_std.tif").is_file()
+    assert tifffile.imread("denoised_tiff/big_mmse.tif").shape == image.shape
     (code,) = readme_blocks("big")
     exec(compile(code, "README.md:big", "exec"), {})
