@@ -7,6 +7,7 @@ from ._version import __version__
 from .adaptive import Tolerance
 from .denoiser import DenoiseResult, Denoiser, Progress
 from .explain import Explanation, write_explanation
+from .outofcore import ArrayOutputs
 from .streaming import StreamResult
 from .errors import (
     BackendError,
@@ -26,6 +27,7 @@ __all__ = [
     "Explanation",
     "write_explanation",
     "Progress",
+    "ArrayOutputs",
     "StreamResult",
     "Tolerance",
     "HDNError",

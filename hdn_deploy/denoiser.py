@@ -25,9 +25,11 @@ from .errors import ConfigError, HDNWarning, InputError, PackageError
 from .latents import LATENT_CONTRACT, LatentSampler, SamplingMode, _sampling_mode
 from .options import DenoiseMode, parse
 from .package import ModelPackage, load_package
-from .range_check import check_intensity_range
+from . import outofcore
+from .outofcore import ArrayOutputs
+from .range_check import check_intensity_range_blocks
 from .streaming import StreamResult, stream_frames
-from .tiling import Tile, TilePlan, Tiler
+from .tiling import StreamingMerger, Tile, TileMerger, TilePlan, Tiler, read_tile
 
 if TYPE_CHECKING:  # pragma: no cover
     from .explain import Explanation
@@ -239,6 +241,7 @@ class Denoiser:
         tolerance: Tolerance | float | str | None = None,
         mode: DenoiseMode | str = DenoiseMode.SAMPLER,
         mean_levels: Sequence[int] = (),
+        out: ArrayOutputs | None = None,
     ) -> Iterator[Progress]:
         """Denoise tile by tile, yielding a :class:`Progress` after every tile so callers
         can show progress or stop early; the last event carries the result.
@@ -295,6 +298,17 @@ class Denoiser:
             listed, one pass as ``sampling="mean"``. Recorded in
             ``metadata["mean_levels"]`` when not empty. :meth:`explain` uses it.
 
+        out
+            Out of core (:mod:`hdn_deploy.outofcore`): an :class:`ArrayOutputs` whose
+            ``mmse`` (and ``std``) are writable array-likes of the image's shape (numpy
+            memmap, zarr array ...). ``image`` may then be any array-like that slices like
+            numpy (zarr, tifffile's zarr store, memmap): it is read one band of tile rows at
+            a time and finished rows are written to ``out`` as soon as no later tile touches
+            them, so memory depends on the tile size and the image width, not its height.
+            The values written are the bytes the in-memory path returns; the result's
+            ``mmse`` and ``std`` are ``out``'s arrays. Not combinable with ``keep_samples``
+            or ``checkpoints``; ``Progress.current_mmse`` is not available.
+
         Raises
         ------
         PackageError
@@ -306,33 +320,112 @@ class Denoiser:
         ConfigError
             For invalid options (listed in the message).
         """
-        array = self._check_image(image)
-        input_range = check_intensity_range(array, self.package.manifest,
-                                            package=self.package.path,
-                                            allow_out_of_range=allow_out_of_range)
+        array = self._check_image(image) if out is None else outofcore.check_source(image)
         run = self._run_settings(n_samples, batch_size, keep_samples, checkpoints, sampling,
                                  tile, overlap, margin, blend, timings, tolerance, mode,
                                  mean_levels)
-        stack = array[None] if array.ndim == 2 else array
-        plans = [run.tiler.plan(s.shape) for s in stack]
+        if out is not None:  # checked before the range check reads a big image once
+            self._check_out(out, run, array.shape)
+        input_range = self._check_range(array, out is not None, allow_out_of_range)
+        frames = (outofcore.planes(array) if out is not None
+                  else list(array.reshape(-1, *array.shape[-2:])))
+        plans = [run.tiler.plan(f.shape) for f in frames]
         self._warn_seams(run.tiler, plans)
         total, done = sum(len(p) for p in plans), 0
         merged, used = [], []
-        for z, (frame, plan) in enumerate(zip(stack, plans)):
+        for z, (frame, plan) in enumerate(zip(frames, plans)):
             sampler = LatentSampler(_slice_seed(seed, z), mode=run.mode,
                                     mean_levels=run.mean_levels)
-            merger = run.tiler.merger(plan)
+            if out is None:
+                merger = run.tiler.merger(plan)
+                tiles = run.tiler.iter_tiles(self._normalise(frame), plan)
+            else:
+                merger = StreamingMerger(plan, self._writer(out, z, len(array.shape)),
+                                         blend=run.tiler.blend)
+                tiles = run.tiler.iter_tiles_lazy(frame, plan, self._normalise)
             used.append([])
-            for count in self._iter_frame(frame, plan, merger, sampler, run):
+            for count in self._iter_frame(tiles, merger, run=run, sampler=sampler):
                 used[-1].append(count)
                 done += 1
                 if done < total:
                     yield Progress(done, total, samples_used=count, slice_index=z,
                                    _preview=lambda m=merger: self._preview(m))
             merged.append(timed(run.timings, "merge", merger.finalize))
-        result = self._result(merged, array, run, seed)
+        if out is None:
+            result = self._result(merged, array, run, seed)
+        else:
+            result = DenoiseResult(mmse=out.mmse, std=out.std, samples=None,
+                                   metadata={**self._metadata(run, seed, array.shape),
+                                             "out_of_core": True})
         result.metadata.update(input_range=input_range, **adaptive_metadata(run.tolerance, used))
-        yield Progress(total, total, result, samples_used=used[-1][-1], slice_index=len(stack) - 1)
+        yield Progress(total, total, result, samples_used=used[-1][-1], slice_index=len(frames) - 1)
+
+    def _denoise_region(self, window: np.ndarray, origin: tuple[int, int],
+                        image_shape: tuple[int, int], region: tuple[slice, slice], *,
+                        slice_seed: int, run: _Run) -> tuple[np.ndarray, np.ndarray, int]:
+        """MMSE and std (raw-unit float32) of the image pixels ``region`` (rows, columns)
+        of one 2D frame of ``image_shape``, from ``window``: raw pixels of the frame from
+        ``origin`` on, wide enough for every tile of the frame's plan that covers the
+        region. Same bytes as those pixels of the whole-frame result: same plan, patches,
+        latents (global coordinates) and additions. Also returns the number of tiles run.
+        Raises ConfigError when the window is too small (see ``read_tile``)."""
+        plan = run.tiler.plan(image_shape)
+        m = plan.margin
+        rows, cols = region
+        merger = TileMerger(plan, blend=run.tiler.blend,
+                            region=(slice(rows.start + m, rows.stop + m),
+                                    slice(cols.start + m, cols.stop + m)))
+        covering = [t for t in plan.tiles if merger.overlaps(t)]
+        normalised = self._normalise(window)
+        tiles = ((t, read_tile(normalised, origin, plan, t)) for t in covering)
+        sampler = LatentSampler(slice_seed, mode=run.mode, mean_levels=run.mean_levels)
+        for _ in self._iter_frame(tiles, merger, sampler=sampler, run=run):
+            pass
+        merged = merger.finalize()
+        return self._raw_mmse(merged[0]), self._raw_std(merged[1]), len(covering)
+
+    def _check_range(self, array, lazy: bool, allow_out_of_range: bool) -> dict[str, Any]:
+        """The intensity-range report (and, for a lazy source, the finiteness check, one
+        band at a time)."""
+        blocks = (map(outofcore.check_finite, outofcore.iter_bands(array)) if lazy
+                  else [array])
+        return check_intensity_range_blocks(blocks, self.package.manifest,
+                                            package=self.package.path,
+                                            allow_out_of_range=allow_out_of_range)
+
+    @staticmethod
+    def _check_out(out: ArrayOutputs, run: _Run, shape: tuple[int, ...]) -> None:
+        if not isinstance(out, ArrayOutputs):
+            raise ConfigError(f"out must be an hdn_deploy.ArrayOutputs, got {type(out).__name__}")
+        if run.keep or run.marks:
+            raise ConfigError("keep_samples and checkpoints are not available out of core "
+                              "(out=); denoise in memory to get them")
+        if run.direct and out.std is not None:
+            raise ConfigError("mode='direct' gives no std: pass ArrayOutputs(mmse, None)")
+        outofcore.check_targets(out, shape)
+
+    def _writer(self, out: ArrayOutputs, z: int, ndim: int) -> Callable[[slice, np.ndarray], None]:
+        """Sink of a StreamingMerger: blended rows of slice ``z`` -> raw-unit float32 rows
+        of ``out`` (the conversion of :meth:`_result`, element by element)."""
+        def write(rows: slice, block: np.ndarray) -> None:
+            for target, values in ((out.mmse, self._raw_mmse(block[0])),
+                                   (out.std, None if out.std is None else self._raw_std(block[1]))):
+                if target is not None:
+                    plane = target if ndim == 2 else outofcore.planes(target)[z]
+                    plane[rows, :] = values
+        return write
+
+    def _normalise(self, frame: np.ndarray) -> np.ndarray:
+        """Raw intensities -> the network's float32 units (element by element)."""
+        frame = np.asarray(frame).astype(np.float32, copy=False)
+        return ((frame - self.package.mean) / self.package.std).astype(np.float32)
+
+    def _raw_mmse(self, mean: np.ndarray) -> np.ndarray:
+        return (mean * self.package.std + self.package.mean).astype(np.float32)
+
+    def _raw_std(self, variance: np.ndarray) -> np.ndarray:
+        std = np.sqrt(np.maximum(variance, 0.0))
+        return (std * np.float32(self.package.std)).astype(np.float32)
 
     # ----------------------------------------------------------------- helpers
     def _run_settings(self, n_samples, batch_size, keep_samples, checkpoints, sampling, tile,
@@ -404,15 +497,15 @@ class Denoiser:
                                               recommended=self.package.recommended_overlap),
                           SeamWarning, stacklevel=4)
 
-    def _iter_frame(self, frame: np.ndarray, plan: TilePlan, merger, sampler: LatentSampler,
-                    run: _Run) -> Iterator[int]:
-        """Denoise one 2D frame (normalised units) into ``merger``: adds every tile's stack
-        ``[mean, variance, *kept samples, *checkpoint means]`` and yields its sample count.
-        Variances are blended, not second moments: where overlapping tiles disagree
-        (tiling error), that disagreement is not posterior uncertainty and must not show
-        up in the std."""
-        normalised = ((frame - self.package.mean) / self.package.std).astype(np.float32)
-        for tile, patch in run.tiler.iter_tiles(normalised, plan):
+    def _iter_frame(self, tiles: Iterable[tuple[Tile, np.ndarray]], merger: TileMerger, *,
+                    sampler: LatentSampler, run: _Run) -> Iterator[int]:
+        """Denoise the tiles of one 2D frame (normalised patches) into ``merger``: adds
+        every tile's stack ``[mean, variance, *kept samples, *checkpoint means]`` and yields
+        its sample count. Variances are blended, not second moments: where overlapping
+        tiles disagree (tiling error), that disagreement is not posterior uncertainty and
+        must not show up in the std. The tiles may be a subset of the plan (a dask chunk,
+        :mod:`hdn_deploy.dask`): eps depends on global coordinates only."""
+        for tile, patch in tiles:
             stack, count = self._tile_stack(patch, tile, sampler, run)
             timed(run.timings, "merge", merger.add, tile, stack)
             yield count
@@ -444,27 +537,29 @@ class Denoiser:
 
     def _preview(self, merger) -> np.ndarray:
         """Raw-unit float32 MMSE of the tiles merged so far (NaN elsewhere)."""
+        if isinstance(merger, StreamingMerger):
+            raise ConfigError("current_mmse() is not available out of core (out=): finished "
+                              "rows are in out.mmse")
         partial = merger.finalize(allow_partial=True)[0]
         return (partial * self.package.std + self.package.mean).astype(np.float32)
 
     def _result(self, merged: list[np.ndarray], array: np.ndarray, run: _Run,
                 seed: int) -> DenoiseResult:
         """Raw-unit float32 result from the merged per-slice stacks."""
-        scale, offset = self.package.std, self.package.mean
         mean = np.stack([m[0] for m in merged])
         squeeze = (lambda a: a[0]) if array.ndim == 2 else (lambda a: a)
-        raw = lambda a: (a * scale + offset).astype(np.float32)  # noqa: E731
+        raw = self._raw_mmse
         if run.direct:
             return DenoiseResult(mmse=squeeze(raw(mean)), std=None, samples=None,
                                  metadata=self._metadata(run, seed, array.shape))
-        std = np.sqrt(np.maximum(np.stack([m[1] for m in merged]), 0.0))
+        var = np.stack([m[1] for m in merged])
         kept = np.stack([m[2:2 + run.keep] for m in merged], axis=1)  # (k, n, Y, X)
         marks = {n: np.stack([m[2 + run.keep + i] for m in merged]) for i, n in enumerate(run.marks)}
         samples = None
         if run.keep:
             samples = raw(kept[:, 0] if array.ndim == 2 else kept)
         return DenoiseResult(
-            mmse=squeeze(raw(mean)), std=squeeze((std * np.float32(scale)).astype(np.float32)),
+            mmse=squeeze(raw(mean)), std=squeeze(self._raw_std(var)),
             samples=samples, metadata=self._metadata(run, seed, array.shape),
             checkpoints={n: squeeze(raw(m)) for n, m in marks.items()})
 
