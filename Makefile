@@ -20,7 +20,7 @@ $(VENV)/.runtime-installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.dev-installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[cpu,train,export,bmz,napari,dev]'
+	$(BIN)/python -m pip install -q -e '.[cpu,train,export,bmz,napari,big,dev]'
 	touch $@
 
 install-runtime: $(VENV)/.runtime-installed

@@ -6,6 +6,8 @@ needs numpy, onnxruntime and tifffile only; it never imports torch.
 from ._version import __version__
 from .adaptive import Tolerance
 from .denoiser import DenoiseResult, Denoiser, Progress
+from .explain import Explanation, write_explanation
+from .outofcore import ArrayOutputs
 from .streaming import StreamResult
 from .errors import (
     BackendError,
@@ -22,7 +24,10 @@ __all__ = [
     "__version__",
     "Denoiser",
     "DenoiseResult",
+    "Explanation",
+    "write_explanation",
     "Progress",
+    "ArrayOutputs",
     "StreamResult",
     "Tolerance",
     "HDNError",

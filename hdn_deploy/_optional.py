@@ -17,6 +17,10 @@ _EXTRA_FOR = {
     "tensorrt": "tensorrt",
     "bioimageio": "bmz",
     "napari": "napari",
+    "dask": "big",
+    "distributed": "big",
+    "zarr": "big",
+    "ome_zarr": "big",
 }
 
 

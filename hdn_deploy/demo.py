@@ -40,27 +40,56 @@ def _display(image: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
 
 
+Panel = tuple[str, np.ndarray, tuple[float, float]]  # label, image, display range
+
+
 def write_montage(path: Path, panels: list[tuple[str, np.ndarray]], *, display_range) -> Path:
     """PNG montage of labelled panels side by side (intensity panels share one range;
     a panel named 'std' gets its own)."""
+    row = [(label, image, (0.0, float(np.percentile(image, 99.5))) if label.startswith("std")
+            else display_range) for label, image in panels]
+    return write_grid(path, [row])
+
+
+def _panel(label: str, image: np.ndarray, low: float, high: float, max_side: int | None, font):
     from PIL import Image, ImageDraw
 
-    tiles = []
-    for label, image in panels:
-        low, high = ((0.0, float(np.percentile(image, 99.5))) if label.startswith("std")
-                     else display_range)
-        tile = Image.fromarray(_display(image, low, high)).convert("RGB")
-        canvas = Image.new("RGB", (tile.width, tile.height + 18), "white")
-        canvas.paste(tile, (0, 18))
-        ImageDraw.Draw(canvas).text((4, 3), label, fill="black")
-        tiles.append(canvas)
-    gap = 6
-    montage = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1),
-                                max(t.height for t in tiles)), "white")
-    x = 0
-    for tile in tiles:
-        montage.paste(tile, (x, 0))
-        x += tile.width + gap
+    tile = Image.fromarray(_display(image, low, high)).convert("RGB")
+    if max_side and max(tile.size) > max_side:
+        scale = max_side / max(tile.size)
+        tile = tile.resize((max(1, round(tile.width * scale)), max(1, round(tile.height * scale))),
+                           Image.Resampling.BOX)
+    canvas = Image.new("RGB", (max(tile.width, int(font.getlength(label)) + 8), tile.height + 20),
+                       "white")
+    canvas.paste(tile, (0, 20))
+    ImageDraw.Draw(canvas).text((4, 3), label, fill="black", font=font)
+    return canvas
+
+
+def write_grid(path: Path, rows: list[list[Panel]], *, title: str | None = None,
+               max_side: int | None = None) -> Path:
+    """PNG of labelled grey panels, row by row, each shown over its own display range
+    (low -> black, high -> white); panels larger than ``max_side`` pixels are shrunk
+    (box filter); an optional title line on top. Written atomically; returns ``path``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    grid = [[_panel(label, image, lo, hi, max_side, font) for label, image, (lo, hi) in row]
+            for row in rows]
+    gap, top = 6, (24 if title else 0)
+    widths = [sum(t.width for t in row) + gap * (len(row) - 1) for row in grid]
+    heights = [max(t.height for t in row) for row in grid]
+    width = max(widths + ([int(font.getlength(title)) + 8] if title else []))
+    montage = Image.new("RGB", (width, top + sum(heights) + gap * (len(grid) - 1)), "white")
+    if title:
+        ImageDraw.Draw(montage).text((4, 4), title, fill="black", font=font)
+    y = top
+    for row, height in zip(grid, heights):
+        x = 0
+        for tile in row:
+            montage.paste(tile, (x, y))
+            x += tile.width + gap
+        y += height + gap
     with atomic_path(path) as tmp:
         montage.save(tmp, format="PNG")
     return path

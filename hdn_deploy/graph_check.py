@@ -9,7 +9,8 @@ Expected, for every sampled level i with C_i latent and F_i feature channels:
 
 - encoder: input ``image`` (1, 1, H, W); outputs ``bu_<i>`` (1, F_i, h_i, w_i);
 - decoder: inputs ``bu_<i>`` (1, F_i, h_i, w_i) and ``eps_<i>`` (N, C_i, h_i, w_i);
-  output ``samples`` (N, 1, H, W).
+  output ``samples`` (N, 1, H, W);
+- direct (optional): input ``image`` (1, 1, H, W); output ``mmse`` (1, 1, H, W).
 
 All float32, rank 4; dimensions given as names (dynamic) are not compared: the encoder
 of version-1 exports names its output channels, exports since version 2 state them.
@@ -125,6 +126,8 @@ def expected_io(package: "ModelPackage", graph: str) -> tuple[dict[str, int], di
     bu = {f"bu_{lv.index}": lv.feature_channels for lv in levels}
     if graph == "encoder":
         return {"image": 1}, bu
+    if graph == "direct":
+        return {"image": 1}, {"mmse": 1}
     return {**bu, **{f"eps_{lv.index}": lv.channels for lv in levels}}, {"samples": 1}
 
 
@@ -152,7 +155,7 @@ def _problems(kind: str, found: list[TensorInfo], expected: dict[str, int]) -> l
 def check_graphs(package: "ModelPackage") -> None:
     """PackageError naming the package, the graph and every mismatch between a graph's
     inputs/outputs (names, float32, rank 4, channel counts) and the manifest."""
-    for graph in ("encoder", "decoder"):
+    for graph in ("encoder", "decoder") + (("direct",) if package.has_direct else ()):
         path = package.graph_path(graph)
         inputs, outputs = graph_io(path)
         want_in, want_out = expected_io(package, graph)

@@ -21,7 +21,9 @@ The value is one output lane of Philox4x32-10 (see :mod:`hdn_deploy.philox`)::
 ``stream`` is the sample index in ``"mc"`` mode; in ``"antithetic"`` mode samples ``2k``
 and ``2k + 1`` share stream ``2k`` and sample ``2k + 1`` gets the negated value (pairs
 have exactly opposite noise, which reduces the variance of the MMSE); in ``"mean"`` mode
-``eps`` is zero. Limits: seed < 2**64, sample index < 2**32, level < 64, channels < 2**24,
+``eps`` is zero. Levels listed in a sampler's ``mean_levels`` get ``eps = 0`` in every mode
+(the level at its posterior mean, ``z = mu``); the other levels keep exactly the values
+above, so holding some levels at their mean never changes the noise of the rest. Limits: seed < 2**64, sample index < 2**32, level < 64, channels < 2**24,
 latent coordinates < 2**32.
 
 Agreement across devices: the Philox words and the uniforms derived from them are
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 import enum
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -98,6 +100,9 @@ class LatentSampler:
     workers : int, optional
         Threads drawing different samples in parallel (default 1). Results do not
         depend on it.
+    mean_levels : collection of int, optional
+        Latent levels whose eps is zero in every mode (held at their posterior mean);
+        default none.
 
     Examples
     --------
@@ -113,10 +118,13 @@ class LatentSampler:
         *,
         mode: SamplingMode | str = SamplingMode.MC,
         workers: int = 1,
+        mean_levels: Collection[int] = (),
     ) -> None:
         self._seed = _check_int("seed", seed)
         self._mode = _sampling_mode(mode)
         self._workers = _check_int("workers", workers, low=1, high=1025)
+        self._mean_levels = frozenset(_check_int("mean level", lv, high=_MAX_LEVEL)
+                                      for lv in mean_levels)
 
     @property
     def seed(self) -> int:
@@ -128,10 +136,19 @@ class LatentSampler:
         """The sampling mode."""
         return self._mode
 
+    @property
+    def mean_levels(self) -> frozenset[int]:
+        """Levels whose eps is zero whatever the mode."""
+        return self._mean_levels
+
+    def at_mean(self, level: int) -> bool:
+        """True when every eps of ``level`` is zero (``"mean"`` mode or a mean level)."""
+        return self._mode is SamplingMode.MEAN or level in self._mean_levels
+
     def __repr__(self) -> str:
         return (
             f"LatentSampler(seed={self._seed}, mode={self._mode.value!r}, "
-            f"workers={self._workers})"
+            f"workers={self._workers}, mean_levels={sorted(self._mean_levels)})"
         )
 
     def tile_eps(
@@ -173,7 +190,7 @@ class LatentSampler:
         for level, channels in level_specs:
             shift = level + 1
             shape = (len(samples), channels, height >> shift, width >> shift)
-            if self._mode is SamplingMode.MEAN:
+            if self.at_mean(level):
                 out.append(np.zeros(shape, dtype=np.float32))
                 continue
             arr = np.empty(shape, dtype=np.float32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ._optional import require
-from .latents import LatentSampler, SamplingMode
+from .latents import LatentSampler
 
 __all__ = ["CUDA_SOURCE", "DeviceLatents"]
 
@@ -101,7 +101,7 @@ class DeviceLatents:
             shift = level + 1
             shape = (len(samples), channels, height >> shift, width >> shift)
             eps = cp.empty(shape, dtype=cp.float32)
-            if sampler.mode is SamplingMode.MEAN:
+            if sampler.at_mean(level):
                 eps.fill(0)
             else:
                 self._kernel(seed & 0xFFFFFFFF, seed >> 32, streams, signs, level << 24,

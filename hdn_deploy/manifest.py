@@ -6,7 +6,14 @@ values with a :class:`~hdn_deploy.errors.PackageError` naming the file and the k
 
 Format versions
 ---------------
-2 (written now)
+3 (written for packages that need it)
+    adds the optional direct denoiser: ``graphs.direct`` (``direct.onnx``, image ->
+    MMSE in one pass) and ``direct`` (its provenance), and ``export.int8.calibration`` /
+    ``export.int8.check`` (calibration data and the held-out accuracy check of an int8
+    export). A package without these is written as version 2, so that older hdn-deploy
+    releases keep reading it; one with them says 3, so that they refuse it with a version
+    message instead of an unknown-key error.
+2 (written for sampler-only packages)
     adds ``levels[].feature_channels`` (channels of the bottom-up input ``bu_<i>``) and
     ``intensity_range`` (what the model was trained and calibrated on); drops
     ``uncond_levels`` (it is ``levels[].sampled``).
@@ -26,8 +33,9 @@ from .options import GraphPrecision
 from .schema import from_json, to_json
 
 FORMAT_NAME = "hdn-deploy-model"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # sampler-only packages
+DIRECT_FORMAT_VERSION = 3  # packages with a direct graph or a checked int8 export
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -52,14 +60,22 @@ class GraphEntry:
 
 @dataclass(frozen=True)
 class Graphs:
+    """The sampler's two graphs and, optionally (version 3), the direct denoiser."""
+
     encoder: GraphEntry
     decoder: GraphEntry
+    direct: GraphEntry | None = None
 
     def entry(self, name: str) -> GraphEntry:
-        """The entry of graph ``name`` ('encoder' or 'decoder'); PackageError otherwise."""
-        if name not in ("encoder", "decoder"):
-            raise PackageError(f"unknown graph {name!r}; expected 'encoder' or 'decoder'")
-        return getattr(self, name)
+        """The entry of graph ``name`` ('encoder', 'decoder' or 'direct'); PackageError for
+        another name or a direct graph the package does not have."""
+        if name not in ("encoder", "decoder", "direct"):
+            raise PackageError(f"unknown graph {name!r}; expected 'encoder', 'decoder' or "
+                               "'direct'")
+        entry = getattr(self, name)
+        if entry is None:
+            raise PackageError("this package has no direct graph (direct.onnx)")
+        return entry
 
 
 @dataclass(frozen=True)
@@ -101,11 +117,44 @@ class IntensityRange:
 
 
 @dataclass(frozen=True)
+class Int8Check:
+    """The accuracy check of an int8 export on patches held out from calibration.
+
+    ``estimated_psnr_loss_db`` = 10 log10(1 + d / v): d the mean squared difference of the
+    int8 and float MMSE (same latents), v the float model's mean posterior variance (its
+    expected squared error); refused above ``max_loss_db``."""
+
+    patches: int
+    patch_size: int
+    n_samples: int
+    mean_sq_diff: float
+    posterior_variance: float
+    estimated_psnr_loss_db: float
+    max_loss_db: float
+
+
+@dataclass(frozen=True)
 class Int8Info:
-    """Set by ``benchmarks/quantize.py`` on INT8 copies of a package."""
+    """Set on INT8 copies of a package (``hdn-deploy export --int8``, or
+    ``benchmarks/quantize.py`` without calibration record and check)."""
 
     method: str
     graphs: tuple[str, ...]
+    calibration: Any = None  # data files, patches and tile of the calibration (version 3)
+    check: Int8Check | None = None
+
+
+@dataclass(frozen=True)
+class DirectInfo:
+    """The direct denoiser of a version-3 package: a network distilled to output the HDN
+    MMSE in one pass (``hdn-deploy distill``). ``teacher_sha256`` is the package's
+    ``weights_sha256``; ``verified_max_abs_diff`` compares onnxruntime with PyTorch."""
+
+    weights_sha256: str
+    teacher_sha256: str
+    spatial_multiple: int
+    verified_max_abs_diff: float | None = None
+    provenance: Any = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +196,7 @@ class Manifest:
     noise_description: str | None = None
     posterior_logvar_max: float | None = None
     precision: Precision | None = None
+    direct: DirectInfo | None = None
     likelihood: Any = None
     model_config: Any = None
     provenance: Any = None
@@ -156,6 +206,11 @@ class Manifest:
             raise ValueError("levels must be a non-empty list with at least one sampled level")
         if [lv.index for lv in self.levels] != list(range(len(self.levels))):
             raise ValueError("levels[].index must be 0, 1, 2, ... in order")
+        if (self.graphs.direct is None) != (self.direct is None):
+            raise ValueError("graphs.direct and direct must be given together")
+        if self.format_version < required_version(self):
+            raise ValueError(f"a direct graph or an int8 check needs format_version "
+                             f"{DIRECT_FORMAT_VERSION}, not {self.format_version}")
 
     @property
     def sampled_levels(self) -> tuple[LevelInfo, ...]:
@@ -168,6 +223,15 @@ class Manifest:
     @property
     def graph_precision(self) -> GraphPrecision:
         return self.precision.kind if self.precision else GraphPrecision.FP32
+
+
+def required_version(manifest: Manifest) -> int:
+    """The lowest format version that describes ``manifest`` (see the module docstring)."""
+    int8 = manifest.export.int8
+    if manifest.graphs.direct is not None or (
+            int8 is not None and (int8.check is not None or int8.calibration is not None)):
+        return DIRECT_FORMAT_VERSION
+    return FORMAT_VERSION
 
 
 def signal_range_of(likelihood: Mapping[str, Any] | None) -> SignalRange | None:
@@ -183,12 +247,22 @@ def signal_range_of(likelihood: Mapping[str, Any] | None) -> SignalRange | None:
 
 
 def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
-    """Plain JSON of ``manifest`` (``json.dumps``-able; round-trips through the reader)."""
-    return to_json(manifest)
+    """Plain JSON of ``manifest`` (``json.dumps``-able; round-trips through the reader).
+
+    A version-2 manifest leaves out the keys version 3 added (they are null there), so
+    that older releases, whose reader rejects unknown keys, keep reading it."""
+    data = to_json(manifest)
+    if manifest.format_version < DIRECT_FORMAT_VERSION:
+        data.pop("direct", None)
+        data["graphs"].pop("direct", None)
+        if data["export"].get("int8") is not None:
+            data["export"]["int8"].pop("calibration", None)
+            data["export"]["int8"].pop("check", None)
+    return data
 
 
 def manifest_from_json(data: Any, file: str | Path) -> Manifest:
-    """Validate parsed ``manifest.json`` content (version 1 or 2) and return a Manifest.
+    """Validate parsed ``manifest.json`` content (version 1, 2 or 3) and return a Manifest.
 
     Raises
     ------

@@ -13,7 +13,7 @@ from .errors import ConfigError
 from .latents import SamplingMode
 from .tiling import BlendMode, PadMode
 
-__all__ = ["BackendName", "BlendMode", "Compatibility", "EnginePrecision", "Graph",
+__all__ = ["BackendName", "BlendMode", "Compatibility", "DenoiseMode", "EnginePrecision", "Graph",
            "GraphOptimization", "GraphPrecision", "NoiseModelKind", "OutputDtype", "PadMode",
            "SamplingMode", "parse", "values"]
 
@@ -28,6 +28,15 @@ class BackendName(str, enum.Enum):
     CUDA = "cuda"
     ORT_TENSORRT = "ort-tensorrt"
     TENSORRT = "tensorrt"
+
+
+class DenoiseMode(str, enum.Enum):
+    """How the MMSE is computed: ``sampler`` averages posterior samples of the HDN (MMSE
+    and std); ``direct`` runs the package's distilled direct denoiser once (MMSE only, no
+    std: it draws no samples)."""
+
+    SAMPLER = "sampler"
+    DIRECT = "direct"
 
 
 class EnginePrecision(str, enum.Enum):

@@ -7,6 +7,8 @@ Layout (``format_version`` 2; version 1 is read too, see :mod:`hdn_deploy.manife
                       hashes, provenance (schema: hdn_deploy.manifest.Manifest)
       encoder.onnx    image (1,1,H,W) -> bu_<i> (1,F_i,H/2^(i+1),W/2^(i+1)) per sampled level
       decoder.onnx    bu_<i>, eps_<i> (N,C_i,H/2^(i+1),W/2^(i+1)) -> samples (N,1,H,W)
+      direct.onnx     optional (format_version 3): image (1,1,H,W) -> mmse (1,1,H,W), the
+                      distilled direct denoiser (``mode="direct"``)
 
 H and W must be multiples of ``spatial_multiple`` (2**levels). Values are in normalised
 units: x_norm = (x - mean) / std with the manifest's normalisation. Every graph's inputs
@@ -30,12 +32,13 @@ from .manifest import (
     manifest_to_json,
 )
 
-__all__ = ["DECODER_FILE", "ENCODER_FILE", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE",
+__all__ = ["DECODER_FILE", "DIRECT_FILE", "ENCODER_FILE", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE",
            "LevelInfo", "Manifest", "ModelPackage", "load_package", "sha256_file"]
 
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+DIRECT_FILE = "direct.onnx"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -65,6 +68,16 @@ class ModelPackage:
     @property
     def decoder_path(self) -> Path:
         return self.graph_path("decoder")
+
+    @property
+    def has_direct(self) -> bool:
+        """Whether the package holds a direct denoiser graph (``direct.onnx``)."""
+        return self.manifest.graphs.direct is not None
+
+    @property
+    def direct_path(self) -> Path:
+        """Path of the direct graph; PackageError when the package has none."""
+        return self.graph_path("direct")
 
     @property
     def mean(self) -> float:
@@ -121,6 +134,7 @@ class ModelPackage:
             "provenance": m["provenance"],
             "export": m["export"],
             "precision": self.manifest.graph_precision.value,
+            "direct": m.get("direct"),
         }
 
 
@@ -161,7 +175,7 @@ def load_package(path: str | Path, *, check_hashes: bool = True) -> ModelPackage
 
     path = Path(path)
     package = ModelPackage(path=path, manifest=read_manifest(path))
-    for name in ("encoder", "decoder"):
+    for name in ("encoder", "decoder") + (("direct",) if package.has_direct else ()):
         entry = package.manifest.graphs.entry(name)
         graph = path / entry.file
         if not graph.is_file():

@@ -25,7 +25,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -37,7 +37,8 @@ WARN_SHARE = 0.01
 REFUSE_SHARE = 0.10
 
 __all__ = ["MARGIN", "REFUSE_SHARE", "WARN_SHARE", "ModelRange", "OutOfRangeError",
-           "OutOfRangeWarning", "about_file", "check_intensity_range", "model_range"]
+           "OutOfRangeWarning", "about_file", "check_intensity_range",
+           "check_intensity_range_blocks", "model_range", "range_report"]
 
 _unchecked_warned: set[str] = set()
 _lock = threading.Lock()
@@ -98,16 +99,41 @@ def check_intensity_range(image: np.ndarray, manifest: Manifest, *, package: str
         More than ``WARN_SHARE`` outside (and not refused), or no range stored in
         ``package`` (once per package).
     """
+    return check_intensity_range_blocks([image], manifest, package=package,
+                                        allow_out_of_range=allow_out_of_range)
+
+
+def check_intensity_range_blocks(blocks: Iterable[np.ndarray], manifest: Manifest, *,
+                                 package: str | Path,
+                                 allow_out_of_range: bool = False) -> dict[str, Any]:
+    """:func:`check_intensity_range` of an image given as blocks (e.g. bands of rows of
+    an image larger than memory): the counts, minimum and maximum are combined over the
+    blocks, so the report equals that of the whole image. Same returns and raises."""
     rng = model_range(manifest)
     if rng is None:
         _warn_unchecked(str(package))
         return {"checked": False, "reason": "the model package stores no intensity range"}
-    values = np.asarray(image)
-    below = float(np.count_nonzero(values < rng.low)) / values.size
-    above = float(np.count_nonzero(values > rng.high)) / values.size
+    n_below = n_above = size = 0
+    low, high = np.inf, -np.inf
+    for block in blocks:
+        values = np.asarray(block)
+        n_below += int(np.count_nonzero(values < rng.low))
+        n_above += int(np.count_nonzero(values > rng.high))
+        size += values.size
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return range_report(rng, n_below, n_above, size, low, high,
+                        allow_out_of_range=allow_out_of_range)
+
+
+def range_report(rng: ModelRange, n_below: int, n_above: int, size: int, low: float,
+                 high: float, *, allow_out_of_range: bool = False) -> dict[str, Any]:
+    """The report of :func:`check_intensity_range` from counts of pixels below and above
+    ``rng`` among ``size``, and the image's minimum and maximum (for callers that count
+    elsewhere, e.g. with dask). Raises and warns as check_intensity_range."""
+    below, above = float(n_below) / size, float(n_above) / size
     report = {"checked": True, "model_range": [rng.low, rng.high], "range_source": rng.source,
               "share_below": below, "share_above": above, "share_outside": below + above,
-              "input_min": float(values.min()), "input_max": float(values.max()),
+              "input_min": low, "input_max": high,
               "warn_share": WARN_SHARE, "refuse_share": REFUSE_SHARE,
               "allow_out_of_range": bool(allow_out_of_range)}
     if below + above > REFUSE_SHARE and not allow_out_of_range:

@@ -26,8 +26,12 @@ OVERRIDES = {
     "train": TINY_TRAIN,
     "resume": ["--max-steps", "4", "--quiet"],
     "denoise": ["--n-samples", "2", "--quiet"],
+    "explain": ["--n-samples", "2", "--quiet"],
     "watch": ["--n-samples", "4", "--quiet", "--settle", "0"],
     "bench": ["--size", "64", "--n-samples", "2", "--repeats", "1", "--ref-samples", "1"],
+    "distill": ["--steps", "2", "--batch-size", "2", "--patch-size", "32", "--channels", "4",
+                "--depth", "2", "--val-patches", "2", "--val-samples", "2", "--validate-every",
+                "1", "--quiet"],
 }
 
 
@@ -45,6 +49,8 @@ def readme_commands(name: str) -> list[list[str]]:
 def _overrides(argv: list[str]) -> list[str]:
     if argv[0] == "train":
         return OVERRIDES["resume"] if "--resume" in argv else OVERRIDES["train"]
+    if argv[0] == "export" and "--int8" in argv:  # a 2-step model: its int8 loss is random
+        return ["--int8-max-loss-db", "100"]
     return OVERRIDES.get(argv[0], [])
 
 
@@ -82,11 +88,19 @@ def test_readme_walkthrough_api_and_bench_run(readme_folder):
     assert (readme_folder / "denoised" / "img_001_samples.tif").is_file()
     assert (readme_folder / "denoised_fast" / "img_001_std.tif").is_file()
     assert (readme_folder / "denoised_live" / "img_001_mmse.tif").is_file()
+    assert (readme_folder / "my_model_fast" / "direct.onnx").is_file()
+    assert (readme_folder / "denoised_direct" / "img_001_mmse.tif").is_file()
+    assert not (readme_folder / "denoised_direct" / "img_001_std.tif").exists()
     assert (readme_folder / "bench.json").is_file()
+    assert (readme_folder / "explained" / "img_000_explain.tif").is_file()
+    assert (readme_folder / "explained" / "img_000_explain.png").is_file()
+    assert (readme_folder / "denoised_level0_at_mean" / "img_001_mmse.tif").is_file()
     (code,) = readme_blocks("api")
     namespace: dict = {}
     exec(compile(code, "README.md:api", "exec"), namespace)
     assert namespace["mmse"].shape == (96, 96) and namespace["samples"].shape == (2, 96, 96)
+    assert namespace["explanation"].stack().shape[1:] == (96, 96)
+    assert (readme_folder / "explained_api" / "img_000_explain.png").is_file()
 
 
 @pytest.mark.slow

@@ -138,6 +138,14 @@ class TrainConfig:
     snapshot_every
         Also keep the weights every this many steps as ``step_<N>.safetensors`` (at the end of
         the epoch where the step count reaches a multiple), for quality-vs-time curves.
+    structured_warmup_steps
+        For a structured model (``uncond_levels``): train the first this many steps in pixel
+        mode (every level reads the input), then make the uncond levels unconditional, with
+        each one's posterior head starting as a copy of its prior head (KL 0 at the switch);
+        the best checkpoint is chosen among validations after the switch, and a KL warm-up
+        (``kl_warmup_steps``) starts again at the switch. 0: unconditional from the first
+        step (the reference). Experimental: on a tiny synthetic task it did worse than no
+        warm-up (benchmarks/results/structured).
     stop_on_collapse
         End the run with :class:`~hdn_deploy.errors.TrainingError` when a validation finds a
         posterior collapse (see ``trainer.collapse_diagnosis``); otherwise only warn.
@@ -166,8 +174,12 @@ class TrainConfig:
     init: str | None = None
     snapshot_every: int | None = None
     stop_on_collapse: bool = False
+    structured_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.structured_warmup_steps < 0:
+            raise ConfigError("structured_warmup_steps must be >= 0, got "
+                              f"{self.structured_warmup_steps}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.optimizer not in OPTIMIZERS:

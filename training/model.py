@@ -70,6 +70,9 @@ class LadderVAE(nn.Module):
             *[ResidualBlock(c, **block_kwargs) for _ in range(config.blocks_per_level)]
         )
         self.output_conv = nn.Conv2d(c, 1, 3, padding=1)
+        # False while a structured model trains in pixel mode (TrainConfig.structured_warmup_steps):
+        # its uncond levels then read the bottom-up input like the others.
+        self.uncond_enabled = True
 
     # ------------------------------------------------------------------ shapes
     def latent_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
@@ -78,6 +81,15 @@ class LadderVAE(nn.Module):
             (z, height // 2 ** (i + 1), width // 2 ** (i + 1))
             for i, z in enumerate(self.config.z_dims)
         ]
+
+    def make_uncond_posteriors_priors(self) -> None:
+        """Set each uncond level's posterior head to a copy of its prior head: both read
+        the same top-down features, so q = p and the level's KL is 0 (used when a
+        structured model switches from pixel-mode warm-up to unconditional levels)."""
+        with torch.no_grad():
+            for i in self.config.uncond_levels:
+                stochastic = self.top_down_levels[i].stochastic
+                stochastic.conv_in_q.load_state_dict(stochastic.conv_in_p.state_dict())
 
     def sampled_levels(self) -> list[int]:
         """Levels that draw eps at prediction (uncond levels use their mean)."""
@@ -130,7 +142,7 @@ class LadderVAE(nn.Module):
         zs: list[torch.Tensor] = []
         for i in reversed(range(self.config.n_levels)):
             level = self.top_down_levels[i]
-            uncond = i in self.config.uncond_levels
+            uncond = self.uncond_enabled and i in self.config.uncond_levels
             bu_i = bu[i]  # None for uncond levels when only sampled levels are given (export)
             if bu_i is not None and bu_i.shape[0] != n:
                 bu_i = bu_i.expand(n, -1, -1, -1)

@@ -222,6 +222,13 @@ class TrainingRun:
         self.history: list[dict[str, float]] = []
         self.collapse_warning = False
         self.train_seconds = 0.0  # training steps only, across resumes
+        # structured warm-up: pixel mode until the switch (see TrainConfig)
+        self.switched = not (model_config.uncond_levels and train_config.structured_warmup_steps)
+        if not self.switched and train_config.structured_warmup_steps >= self.total_steps():
+            raise ConfigError(
+                f"structured_warmup_steps ({train_config.structured_warmup_steps}) must be below "
+                f"the run's total steps ({self.total_steps()}): the run would end in pixel mode")
+        self.model.uncond_enabled = self.switched
 
     # ------------------------------------------------------------- persistence
     def settings(self) -> dict[str, Any]:
@@ -262,6 +269,7 @@ class TrainingRun:
                 "sampler_rng": self.sampler.get_state(),
                 "history": self.history,
                 "collapse_warning": self.collapse_warning,
+                "structured_switched": self.switched,
             }
             ckpt.training_tensors = {**opt_tensors, "rng.torch": torch.get_rng_state()}
         return ckpt
@@ -281,6 +289,8 @@ class TrainingRun:
         self.history = list(state["history"])
         self.train_seconds = self.history[-1].get("train_seconds", 0.0) if self.history else 0.0
         self.collapse_warning = bool(state.get("collapse_warning", False))
+        self.switched = bool(state.get("structured_switched", True))
+        self.model.uncond_enabled = self.switched
 
     def _write_metrics(self) -> None:
         if not self.history:
@@ -293,9 +303,13 @@ class TrainingRun:
 
     # ---------------------------------------------------------------- steps
     def kl_weight(self) -> float:
+        """KL weight of the current step: ramps from 0 to 1 over ``kl_warmup_steps``, from
+        the first step and again from the switch of a structured warm-up."""
         if self.cfg.kl_warmup_steps <= 0:
             return 1.0
-        return min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps)
+        warm = self.cfg.structured_warmup_steps
+        since = self.step - warm if self.model_config.uncond_levels and 0 < warm <= self.step else self.step
+        return min(1.0, (since + 1) / self.cfg.kl_warmup_steps)
 
     def lr_at(self, step: int) -> float | None:
         """The scheduled learning rate at ``step``; None where ReduceLROnPlateau rules."""
@@ -307,7 +321,19 @@ class TrainingRun:
             return cfg.lr * warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
         return cfg.lr * warm if step < cfg.warmup_steps else None
 
+    def _switch_to_structured(self) -> None:
+        """End of the pixel-mode warm-up: uncond levels become unconditional, their
+        posterior heads start as copies of their prior heads, and the best checkpoint is
+        chosen anew (a pixel-mode validation loss is not comparable)."""
+        self.model.make_uncond_posteriors_priors()
+        self.model.uncond_enabled = self.switched = True
+        self.best_val, self.bad_epochs = math.inf, 0
+        log.info("step %d: structured warm-up done; levels %s are unconditional from now on",
+                 self.step, list(self.model_config.uncond_levels))
+
     def train_step(self) -> dict[str, torch.Tensor]:
+        if not self.switched and self.step >= self.cfg.structured_warmup_steps:
+            self._switch_to_structured()
         self.model.train()
         batch = torch.from_numpy(self.sampler.batch(self.cfg.batch_size))
         lr = self.lr_at(self.step)

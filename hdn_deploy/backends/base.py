@@ -15,6 +15,8 @@ onnxruntime CPU backend, GPU memory for TensorRT):
 * ``moments.to_host()``: the only copy back: mean, E[x**2] and the kept samples.
 * ``decode_samples(features, eps)``: the samples themselves on the host (for tests,
   benchmarks and inspection; it moves every sample across the bus).
+* ``direct(image) -> ndarray``: the package's direct denoiser graph (``mode="direct"``),
+  host float32 in and out; backends without it raise BackendError.
 
 Arrays are float32, C-contiguous, in normalised units. Subclasses implement ``_encode``
 and ``_decode`` on their own arrays and may override ``_draw`` (device latents),
@@ -127,6 +129,23 @@ class Backend(ABC):
         eps_arrays = timed(timings, "latents", self._eps, features, eps)
         samples = timed(timings, "decode", self._decode, arrays, eps_arrays)
         timed(timings, "stats", moments.update, samples[:, 0])
+
+    def direct(self, image: np.ndarray) -> np.ndarray:
+        """The direct denoiser on a host image float32 ``(1, 1, H, W)`` (H, W multiples of
+        the spatial multiple) -> host float32 MMSE estimate ``(1, 1, H, W)``, normalised
+        units. Raises BackendError (wrong shape, no direct graph, backend without it)."""
+        m = self.package.spatial_multiple
+        if image.ndim != 4 or image.shape[:2] != (1, 1) or image.shape[2] % m or image.shape[3] % m:
+            raise BackendError(
+                f"direct expects an array of shape (1, 1, H, W) with H, W multiples of {m}; "
+                f"got {image.shape}")
+        if not self.package.has_direct:
+            raise BackendError(f"{self.package.path}: the package has no direct graph")
+        return self._direct(np.ascontiguousarray(image, dtype=np.float32))
+
+    def _direct(self, image: np.ndarray) -> np.ndarray:
+        raise BackendError(f"the {self.name} backend cannot run the direct denoiser graph; "
+                           "use the cpu or cuda backend")
 
     def decode_samples(self, features: Features, eps: EpsSpec | Sequence[Any]) -> np.ndarray:
         """The decoded samples, host float32 ``(N, 1, H, W)`` (copies every sample)."""

@@ -93,6 +93,9 @@ class OnnxRuntimeBackend(Backend):
         try:
             self._encoder = ort.InferenceSession(str(package.encoder_path), options, providers=providers)
             self._decoder = ort.InferenceSession(str(package.decoder_path), options, providers=providers)
+            self._direct_session = (
+                ort.InferenceSession(str(package.direct_path), options, providers=providers)
+                if package.has_direct else None)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"{package.path}: onnxruntime could not load the graphs ({exc})") from exc
         active = self._decoder.get_providers()
@@ -138,6 +141,9 @@ class OnnxRuntimeBackend(Backend):
         binding.bind_output(self._samples_name, "cpu")
         self._decoder.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def _direct(self, image: np.ndarray) -> np.ndarray:
+        return self._direct_session.run(None, {"image": image})[0]
 
     def describe(self) -> dict:
         return {

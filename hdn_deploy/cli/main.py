@@ -44,8 +44,8 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import (bench, build_engine, demo, denoise, export, export_bmz,  # noqa: F401
-                   generate, info, noise_model, train, watch)  # (each adds commands)
+    from . import (bench, build_engine, demo, denoise, distill, explain, export,  # noqa: F401
+                   export_bmz, generate, info, noise_model, train, watch)  # (each adds commands)
 
 
 _register()

@@ -25,7 +25,7 @@ _TRAIN_FLAGS = {
     "seed": "seed", "threads": "num_threads", "optimizer": "optimizer",
     "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps", "grad_clip": "grad_clip",
     "virtual_batch_size": "virtual_batch_size", "init": "init", "snapshot_every": "snapshot_every",
-    "stop_on_collapse": "stop_on_collapse",
+    "stop_on_collapse": "stop_on_collapse", "structured_warmup_steps": "structured_warmup_steps",
 }
 
 
@@ -119,6 +119,10 @@ def _noise_model(settings: dict[str, Any]):
 @click.option("--noise-model", type=click.Path(dir_okay=False), help="Noise model file (.npz).")
 @click.option("--gaussian-sigma", type=float, help="Known Gaussian noise std (raw units).")
 @click.option("--structured", is_flag=True, help="Structured-noise mode: uncond_levels=[0, 1].")
+@click.option("--structured-warmup-steps", type=click.IntRange(min=0),
+              help="Experimental, with --structured: train this many steps in pixel mode, then "
+                   "make levels 0, 1 unconditional (default 0: from the start; measured worse "
+                   "on a tiny task, see README).")
 @click.option("--levels", type=int, help="Latent levels (default 6).")
 @click.option("--latent-channels", type=int, help="Latent channels per level (default 32).")
 @click.option("--filters", type=int, help="Feature channels (default 64).")

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from ..errors import InputError, OutputError
 from .metadata import is_hdn_output, read_hdn_metadata
+from .omezarr import is_ome_zarr, read_zarr_metadata
 
 __all__ = ["TIFF_SUFFIXES", "expand_inputs", "output_path", "common_root", "fingerprint",
            "plan_outputs", "is_complete", "check_output_conflicts", "split_own_outputs"]
@@ -34,6 +35,8 @@ def _is_tiff(path: Path) -> bool:
 
 def _expand_one(item: str | Path) -> list[Path]:
     path = Path(item)
+    if path.is_dir() and is_ome_zarr(path):
+        return [path]
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.is_file() and _is_tiff(p))
         if not found:
@@ -81,8 +84,13 @@ def split_own_outputs(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     """(inputs, ours): ``paths`` split by whether hdn-deploy wrote them (run metadata)."""
     inputs, ours = [], []
     for path in paths:
-        (ours if is_hdn_output(path) else inputs).append(path)
+        (ours if is_hdn_output(path) or _own_zarr(path) else inputs).append(path)
     return inputs, ours
+
+
+def _own_zarr(path: Path) -> bool:
+    meta = read_zarr_metadata(path) if Path(path).is_dir() else None
+    return bool(meta) and meta.get("software") == "hdn-deploy"
 
 
 def common_root(paths: Sequence[Path]) -> Path:

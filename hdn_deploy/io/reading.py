@@ -8,9 +8,12 @@ present (tifffile would fill the planes of a missing file with zeros).
 """
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import tifffile
@@ -19,7 +22,7 @@ from ..errors import InputError
 from .axes import Layout, layout_from_file
 from .metadata import PhysicalMetadata, physical_metadata
 
-__all__ = ["ImageData", "SeriesInfo", "list_series", "read_image", "available_memory",
+__all__ = ["ImageData", "SeriesInfo", "list_series", "read_image", "open_image_lazy", "available_memory",
            "check_memory", "ome_companions", "ome_companions_of"]
 
 _READ_ERRORS = (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError)
@@ -205,9 +208,13 @@ def check_memory(path: Path, info: SeriesInfo, needed: int) -> None:
         raise InputError(
             f"'{path}' series {info.index} is {' x '.join(map(str, info.shape))} {info.dtype} "
             f"({_gib(info.nbytes)} as stored); reading and denoising it needs about "
-            f"{_gib(needed)} of memory but {_gib(free)} is available. Crop it or split it into "
-            "smaller files (e.g. tiles or single planes) and denoise those; reading large "
-            "images out of core, tile by tile, is planned but not implemented yet"
+            f"{_gib(needed)} of memory but {_gib(free)} is available. Denoise it out of core, "
+            "tile by tile: hdn-deploy denoise does so for TIFF series above "
+            "--out-of-core-above pixels whose Y and X are the last axes (without "
+            "--keep-samples and --dask-*); else convert it to OME-Zarr (e.g. with "
+            "bioformats2raw) and give the .zarr folder, or use Denoiser.denoise(..., "
+            "out=ArrayOutputs(...)) on tifffile.imread(path, aszarr=True) (see the README, "
+            "'Big images and clusters')"
         )
 
 
@@ -330,3 +337,93 @@ def _to_image(path: Path, data: np.ndarray, layout: Layout, index: int,
     planes = array if array.ndim == 2 else array.reshape(-1, *shape[-2:])
     return ImageData(array=planes, dtype=data.dtype, axes=layout.axes, path=path, shape=shape,
                      layout=layout, series=index, physical=physical)
+
+
+@contextmanager
+def open_image_lazy(path: str | Path, *, series: int, axes: str | None = None
+                    ) -> Iterator[ImageData | None]:
+    """One series of a TIFF opened for out-of-core denoising, without reading its pixels.
+
+    Yields an :class:`ImageData` whose ``array`` is a lazy array-like ``(Y, X)`` or
+    ``(n, Y, X)`` that reads only the rows sliced: for an uncompressed contiguous series
+    (tifffile's default) the rows' bytes with ``os.pread`` (no memory map, whose pages
+    would count in the RSS); otherwise tifffile's zarr store of the full-resolution level
+    (only the tiles or strips sliced are decoded), seen as planes by
+    :func:`hdn_deploy.outofcore.flat`. The file stays open inside the block. Yields None where only
+    :func:`read_image` can read the series: axes that need a transpose to put Y and X
+    last (e.g. ``YXC``/RGB), singleton axes dropped, a non-numeric or bool dtype, or zarr
+    (the ``[big]`` extra) missing. Values (NaN, infinities) are not checked here: the
+    denoiser checks them band by band.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_image` (file, series, axes, companion files), memory aside.
+    """
+    from .. import outofcore
+
+    try:
+        import zarr
+    except ImportError:
+        zarr = None
+    path = Path(path)
+    with _open(path) as tif:
+        try:
+            info = _pick_series(path, _series_info(tif), series)
+            source = f"'{path}' series {info.index}" if len(tif.series) > 1 else f"'{path}'"
+            layout = layout_from_file(info.shape, info.axes, source=source, axes=axes)
+            tseries = tif.series[info.index]
+            _check_companions(tif, path, tseries)
+            physical = physical_metadata(tif, info.index)
+            simple = (layout.keep == tuple(range(len(info.shape))) and layout.file_axes == layout.axes
+                      and info.dtype.kind in "uif" and 0 not in info.shape)
+            if not simple:
+                array = None
+            elif tseries.dataoffset is not None:
+                array = _ContiguousPixels(path, tseries.dataoffset, info.shape,
+                                          np.dtype(info.dtype).newbyteorder(tif.byteorder))
+            else:
+                array = zarr.open_array(tseries.aszarr(level=0), mode="r") if zarr else None
+        except InputError:
+            raise
+        except _READ_ERRORS as exc:
+            raise InputError(f"cannot read '{path}' as a TIFF image: {exc}") from exc
+        if array is None or tuple(array.shape) != info.shape:
+            yield None
+            return
+        try:
+            yield ImageData(array=outofcore.flat(array), dtype=info.dtype, axes=layout.axes,
+                            path=path, shape=info.shape, layout=layout, series=info.index,
+                            physical=physical)
+        finally:
+            if isinstance(array, _ContiguousPixels):
+                array.close()
+
+
+class _ContiguousPixels:
+    """Read-only rows of an uncompressed contiguous TIFF series ``shape`` (C order from
+    byte ``offset``), read with ``os.pread``: ``a[r0:r1, c]`` / ``a[i, j, r0:r1, c]``
+    (integer indices before the row slice) -> native-endian numpy arrays."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._offset = int(offset)
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        nlead = len(self.shape) - 2
+        lead, rest = key[:nlead], key[nlead:] + (slice(None),) * (2 - len(key[nlead:]))
+        height, width = self.shape[-2:]
+        start, stop, step = rest[0].indices(height) if isinstance(rest[0], slice) else (
+            int(rest[0]), int(rest[0]) + 1, 1)
+        plane = int(np.ravel_multi_index(tuple(int(i) for i in lead), self.shape[:-2])) if nlead else 0
+        row_bytes = width * self.dtype.itemsize
+        first = self._offset + (plane * height + start) * row_bytes
+        data = os.pread(self._fd, max(stop - start, 0) * row_bytes, first)
+        rows = np.frombuffer(data, self.dtype).reshape(-1, width)[::step]
+        rows = rows[0] if not isinstance(rest[0], slice) else rows
+        return rows[..., rest[1]].astype(self.dtype.newbyteorder("="), copy=True)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -6,6 +6,11 @@ channel names kept; our run metadata in the image description); otherwise an Ima
 property) when ImageJ can hold the axes order and dtype; otherwise a plain TIFF with the
 axes and our metadata in tifffile's JSON description. All outputs of one input are
 written to temporaries and renamed together (:func:`hdn_deploy.atomic.atomic_paths`).
+
+Out of core, the pixels of an output are first collected in a :class:`RowFile` (a raw
+hidden temporary written row band by row band) and then streamed into the TIFF by
+tifffile from an iterator of blocks: the same tags, metadata and pixel layout as an
+in-memory array gives, without holding the image.
 """
 from __future__ import annotations
 
@@ -21,11 +26,11 @@ from typing import Any, Sequence
 import numpy as np
 import tifffile
 
-from ..atomic import atomic_path, atomic_paths
+from ..atomic import atomic_path, atomic_paths, create_temp_beside
 from ..errors import ConfigError, DiskSpaceError, InputError
 from .metadata import PhysicalMetadata
 
-__all__ = ["TiffOutput", "write_tiff_atomic", "write_outputs_atomic", "cast_to_dtype",
+__all__ = ["RowFile", "TiffOutput", "write_tiff_atomic", "write_outputs_atomic", "cast_to_dtype",
            "imagej_axes", "check_disk_space", "tiff_bytes"]
 
 _AXES_LETTERS = frozenset("STCZQYX")
@@ -34,6 +39,79 @@ _IMAGEJ_DTYPES = frozenset(np.dtype(d) for d in ("uint8", "uint16", "int16", "fl
 _MICRON = ("um", "µm", "micron", "microns", "\\u00B5m")
 #: Free space kept beyond the estimate (file system metadata, rounding).
 SPACE_MARGIN = 16 * 2**20
+#: Bytes per block read back from a :class:`RowFile` while writing its TIFF.
+ROW_BLOCK_BYTES = 16 * 2**20
+
+
+class RowFile:
+    """Pixels of an output too big for memory: a raw C-order file of ``shape`` x ``dtype``
+    (a hidden temporary beside ``target``, so a killed run leaves only a stale temporary
+    that :func:`hdn_deploy.atomic.remove_stale_temps` removes), written by row bands.
+
+    It is an ``out=`` target of :meth:`hdn_deploy.Denoiser.iter_denoise` (``rowfile[r0:r1, :]
+    = rows`` for ``(Y, X)``, ``rowfile[z, r0:r1, :] = rows`` for ``(n, Y, X)``; full rows
+    only) and the ``array`` of a :class:`TiffOutput`, which then holds the same bytes as
+    the array reshaped to ``file_shape``. ``cast`` (e.g. :func:`cast_to_dtype`) converts the
+    float32 rows written to ``dtype``. Use it as a context manager; it removes its file.
+    Memory: none beyond the rows being written or read.
+    """
+
+    def __init__(self, target: str | Path, shape: Sequence[int], dtype: np.dtype | str, *,
+                 file_shape: Sequence[int] | None = None, cast=None) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.file_shape = tuple(int(n) for n in (file_shape or shape))
+        self.dtype = np.dtype(dtype)
+        if int(np.prod(self.shape)) != int(np.prod(self.file_shape)) or len(self.shape) not in (2, 3):
+            raise ConfigError(f"RowFile: shape {self.shape} (2D or 3D) and file_shape "
+                              f"{self.file_shape} must hold as many pixels")
+        self._cast = cast
+        self.path = create_temp_beside(target)
+        self._fd = os.open(self.path, os.O_RDWR)
+        os.ftruncate(self._fd, int(np.prod(self.shape)) * self.dtype.itemsize)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __setitem__(self, key, value) -> None:
+        key = key if isinstance(key, tuple) else (key,)
+        plane, rows = (0, key[0]) if len(self.shape) == 2 else key[:2]
+        height, width = self.shape[-2:]
+        start, stop, step = rows.indices(height)
+        if step != 1 or key[-1] != slice(None) and key[-1] != slice(0, width):
+            raise ConfigError("RowFile takes whole rows: rowfile[r0:r1, :] = rows")
+        values = np.asarray(value)
+        values = self._cast(values) if self._cast else values
+        data = np.ascontiguousarray(np.broadcast_to(values, (stop - start, width)), self.dtype)
+        offset = (int(plane) * height + start) * width * self.dtype.itemsize
+        _pwrite_all(self._fd, data.tobytes(), offset)
+
+    def blocks(self, block_bytes: int = ROW_BLOCK_BYTES):
+        """The file's values in order, as 1-D arrays of about ``block_bytes``."""
+        step = max(self.dtype.itemsize, block_bytes - block_bytes % self.dtype.itemsize)
+        for offset in range(0, self.nbytes, step):
+            data = os.pread(self._fd, min(step, self.nbytes - offset), offset)
+            yield np.frombuffer(data, self.dtype)
+
+    def close(self) -> None:
+        """Close and remove the file (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RowFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +120,7 @@ class TiffOutput:
     ``metadata`` (JSON-serialisable) and the input's ``physical`` metadata."""
 
     path: Path
-    array: np.ndarray
+    array: "np.ndarray | RowFile"
     axes: str
     metadata: dict[str, Any]
     physical: PhysicalMetadata | None = None
@@ -71,18 +149,26 @@ def imagej_axes(axes: str) -> str | None:
     return None
 
 
-def _check(path: Path, array: np.ndarray, axes: str, metadata: dict[str, Any]) -> tuple[np.ndarray, str]:
+def _check(path: Path, array: "np.ndarray | RowFile", axes: str,
+           metadata: dict[str, Any]) -> tuple["np.ndarray | RowFile", str]:
+    if not isinstance(array, RowFile):
+        array = np.asarray(array)
+    shape = _shape(array)
     repeated = len(set(axes.replace("Q", ""))) != len(axes.replace("Q", ""))
-    if (len(axes) != array.ndim or set(axes) - _AXES_LETTERS or "Y" not in axes
+    if (len(axes) != len(shape) or set(axes) - _AXES_LETTERS or "Y" not in axes
             or "X" not in axes or repeated or axes.index("Y") > axes.index("X")):
         raise ConfigError(
-            f"axes {axes!r} do not fit an array of shape {array.shape}; expected one letter "
+            f"axes {axes!r} do not fit an array of shape {shape}; expected one letter "
             f"per dimension from {''.join(sorted(_AXES_LETTERS))}, with Y before X"
         )
     try:
         info = json.dumps(metadata)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"metadata for '{path}' is not JSON-serialisable: {exc}") from exc
+    if isinstance(array, RowFile):
+        if array.dtype.kind not in "iuf" or array.dtype.kind == "f" and array.dtype != np.float32:
+            raise ConfigError(f"cannot write data type {array.dtype} from a RowFile to '{path}'")
+        return array, info
     if array.dtype == bool:
         array = array.astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
@@ -114,8 +200,11 @@ def _ome_metadata(axes: str, shape: tuple[int, ...], info: str, phys: PhysicalMe
     return meta
 
 
-def _imagej_kwargs(ij_axes: str, info: str, phys: PhysicalMetadata | None) -> dict:
+def _imagej_kwargs(ij_axes: str, info: str, phys: PhysicalMetadata | None,
+                   labels: Sequence[str] | None = None) -> dict:
     meta: dict[str, Any] = {"axes": ij_axes, "Info": info}
+    if labels:
+        meta["Labels"] = list(labels)
     kwargs: dict[str, Any] = {"imagej": True, "metadata": meta}
     if phys is None:
         return kwargs
@@ -130,21 +219,34 @@ def _imagej_kwargs(ij_axes: str, info: str, phys: PhysicalMetadata | None) -> di
     return kwargs
 
 
-def _write(tmp: Path, array: np.ndarray, axes: str, info: str, phys: PhysicalMetadata | None) -> None:
+def _shape(array: "np.ndarray | RowFile") -> tuple[int, ...]:
+    return array.file_shape if isinstance(array, RowFile) else tuple(array.shape)
+
+
+def _data(array: "np.ndarray | RowFile") -> dict[str, Any]:
+    """tifffile.imwrite's data arguments: the array, or a RowFile's blocks with its shape
+    and dtype (contiguous writing: the same file layout as the array)."""
+    if isinstance(array, RowFile):
+        return {"data": array.blocks(), "shape": array.file_shape, "dtype": array.dtype}
+    return {"data": array}
+
+
+def _write(tmp: Path, array: "np.ndarray | RowFile", axes: str, info: str,
+           phys: PhysicalMetadata | None, labels: Sequence[str] | None = None) -> None:
     ome_ok = set(axes) <= set("TZCQYX") and axes.endswith("YX") and "Q" not in axes.replace("Q", "", 1)
     if phys is not None and phys.source == "ome" and ome_ok:
-        tifffile.imwrite(tmp, array, ome=True, photometric="minisblack",
-                         metadata=_ome_metadata(axes, array.shape, info, phys))
+        tifffile.imwrite(tmp, **_data(array), ome=True, photometric="minisblack",
+                         metadata=_ome_metadata(axes, _shape(array), info, phys))
         return
     ij_axes = imagej_axes(axes)
     if ij_axes is not None and array.dtype in _IMAGEJ_DTYPES:
-        tifffile.imwrite(tmp, array, **_imagej_kwargs(ij_axes, info, phys))
+        tifffile.imwrite(tmp, **_data(array), **_imagej_kwargs(ij_axes, info, phys, labels))
         return
     kwargs: dict[str, Any] = {}
     if phys is not None and phys.pixel_size and phys.unit in _MICRON:
         kwargs = {"resolution": (1e4 / phys.pixel_size[0], 1e4 / phys.pixel_size[1]),
                   "resolutionunit": "CENTIMETER"}
-    tifffile.imwrite(tmp, array, photometric="minisblack",
+    tifffile.imwrite(tmp, **_data(array), photometric="minisblack",
                      metadata={"axes": axes.replace("S", "Q"), "Info": info}, **kwargs)
 
 
@@ -202,11 +304,11 @@ def write_outputs_atomic(outputs: Sequence[TiffOutput]) -> list[Path]:
     ConfigError
         Axes that do not fit an array, metadata that is not JSON, unsupported dtype.
     """
-    checked = [(o, *_check(Path(o.path), np.asarray(o.array), o.axes, o.metadata)) for o in outputs]
+    checked = [(o, *_check(Path(o.path), o.array, o.axes, o.metadata)) for o in outputs]
     folders = list(dict.fromkeys(Path(o.path).parent for o in outputs))
     for folder in folders:
         _writable_folder(folder)
-    needed = sum(tiff_bytes(a.shape, a.dtype) for _, a, _ in checked)
+    needed = sum(tiff_bytes(_shape(a), a.dtype) for _, a, _ in checked)
     check_disk_space(folders[0], needed)
     try:
         with atomic_paths([o.path for o in outputs]) as temps:
@@ -220,7 +322,8 @@ def write_outputs_atomic(outputs: Sequence[TiffOutput]) -> list[Path]:
 
 
 def write_tiff_atomic(path: str | Path, array: np.ndarray, *, metadata: dict[str, Any],
-                      axes: str, physical: PhysicalMetadata | None = None) -> Path:
+                      axes: str, physical: PhysicalMetadata | None = None,
+                      labels: Sequence[str] | None = None) -> Path:
     """Write ``array`` as a TIFF, atomically.
 
     The data go to a hidden temporary file (``.<name>.<random>.tmp``) in the target
@@ -242,6 +345,9 @@ def write_tiff_atomic(path: str | Path, array: np.ndarray, *, metadata: dict[str
         ``'ZYX'``, ``'SYX'`` (samples; ImageJ ``ZYX``/``TZYX``), ``'YXC'``.
     physical : PhysicalMetadata, optional
         Pixel size, units ... to write (from the input; see module doc for formats).
+    labels : sequence of str, optional
+        One label per plane (ImageJ ``Labels``, shown as slice labels in Fiji), for
+        ImageJ TIFFs; ConfigError if the count is not the number of planes.
 
     Returns
     -------
@@ -258,9 +364,12 @@ def write_tiff_atomic(path: str | Path, array: np.ndarray, *, metadata: dict[str
     """
     path = Path(path)
     array, info = _check(path, np.asarray(array), axes, metadata)
+    planes = int(np.prod(array.shape[:-2]))
+    if labels is not None and len(labels) != planes:
+        raise ConfigError(f"{path}: {len(labels)} labels for {planes} planes")
     _writable_folder(path.parent)
     with atomic_path(path) as tmp:
-        _write(tmp, array, axes, info, physical)
+        _write(tmp, array, axes, info, physical, labels)
     return path
 
 

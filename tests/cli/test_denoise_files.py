@@ -336,10 +336,28 @@ def test_huge_header_is_refused_with_advice(tiny_package, tmp_path, monkeypatch)
 
     monkeypatch.setattr(reading, "available_memory", lambda: 16 * 2**30)
     path = huge_header(tmp_path / "huge.tif")
-    res = _denoise(tiny_package, path, tmp_path / "out")
+    res = _denoise(tiny_package, path, tmp_path / "out", "--out-of-core-above", 2**40)
     assert res.exit_code == 2, res.output
     assert str(path) in res.output and "100000 x 100000 float32" in res.output
-    assert "out of core" in res.output
+    assert "out of core" in res.output and "--out-of-core-above" in res.output
+    assert _tree(tmp_path / "out") == []
+
+
+def test_huge_header_out_of_core_needs_no_memory_but_disk(tiny_package, tmp_path, monkeypatch):
+    """Above --out-of-core-above (default) memory is not the limit; a 40 GB image's
+    outputs (and their raw row files) do not fit a 100 GiB disk: refused before any work."""
+    import collections
+
+    from hdn_deploy.io import reading, writing
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(reading, "available_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(writing.shutil, "disk_usage", lambda p: usage(2**40, 0, 100 * 2**30))
+    monkeypatch.setattr(writing.RowFile, "__init__", lambda *a, **k: pytest.fail("started"))
+    path = huge_header(tmp_path / "huge.tif")
+    res = _denoise(tiny_package, path, tmp_path / "out")
+    assert res.exit_code == 2, res.output
+    assert "not enough space in output folder" in res.output and "GiB" in res.output
     assert _tree(tmp_path / "out") == []
 
 

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from hdn_deploy.cli.main import main
-from hdn_deploy.options import BackendName, BlendMode, OutputDtype, SamplingMode, values
+from hdn_deploy.options import BackendName, BlendMode, DenoiseMode, OutputDtype, SamplingMode, values
 
 RENAMED = [  # (command, required args, new flag, old flag, parameter, value)
     ("denoise", ["x.tif", "-m", "m", "-o", "out"], "--n-samples", "--samples", "samples", 7),
@@ -45,3 +45,4 @@ def test_choices_come_from_the_enums():
     assert tuple(options["backend"].type.choices) == values(BackendName)
     assert tuple(options["blend"].type.choices) == values(BlendMode)
     assert tuple(options["output_dtype"].type.choices) == values(OutputDtype)
+    assert tuple(options["mode"].type.choices) == values(DenoiseMode)

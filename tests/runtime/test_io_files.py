@@ -285,7 +285,7 @@ def test_header_larger_than_memory_is_refused_before_reading(tmp_path, monkeypat
     assert path.stat().st_size < 2**21
     with pytest.raises(InputError, match=r"100000 x 100000 float32.*out of core") as info:
         read_image(path)
-    assert str(path) in str(info.value) and "Crop it or split it" in str(info.value)
+    assert str(path) in str(info.value) and "--out-of-core-above" in str(info.value)
 
 
 # -- 8. grouped writes ----------------------------------------------------------------------------
