@@ -158,3 +158,37 @@ def test_plugin_imports_without_torch(tmp_path):
     done = run_without_torch("import hdn_deploy.napari._widget, hdn_deploy.napari._reader\n"
                              "print('plugin ok')", cwd=tmp_path)
     assert done.returncode == 0 and "plugin ok" in done.stdout, done.stderr
+
+
+def test_napari_opens_the_ome_zarr_outputs_with_scale_and_pyramid(tiny_package, tmp_path):
+    """Issue 14: napari (with napari-ome-zarr) opens our OME-Zarr MMSE as a multiscale
+    image with the input's physical scale."""
+    pytest.importorskip("napari_ome_zarr", reason="needs napari-ome-zarr ([napari] extra)")
+    zarr = pytest.importorskip("zarr", reason="needs the [big] extra")
+    import npe2
+    from click.testing import CliRunner
+    from napari.components import ViewerModel
+    from ome_zarr.writer import write_image
+
+    from hdn_deploy.cli.main import main
+
+    data = np.random.default_rng(2).normal(100, 30, (96, 112)).clip(0).astype(np.uint16)
+    src = tmp_path / "in" / "cells.ome.zarr"
+    write_image(data, zarr.open_group(src, mode="w"), axes="yx", scale_factors=(),
+                scale={"y": 0.5, "x": 0.25},
+                axes_units={"y": "micrometer", "x": "micrometer"})
+    res = CliRunner().invoke(main, ["denoise", str(src), "-m", str(tiny_package), "-o",
+                                    str(tmp_path / "out"), "--n-samples", "2", "--pyramid", "1",
+                                    "--backend", "cpu", "--threads", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    npe2.PluginManager.instance().discover(include_npe1=False)
+    viewer = ViewerModel()
+    layers = viewer.open(str(tmp_path / "out" / "cells_mmse.ome.zarr"), plugin="napari-ome-zarr")
+    assert len(layers) == 1
+    layer = layers[0]
+    assert layer.multiscale and len(layer.data) == 2
+    assert tuple(layer.data[0].shape) == data.shape
+    assert tuple(layer.data[1].shape) == (48, 56)
+    np.testing.assert_allclose(layer.scale, (0.5, 0.25))
+    expected = Denoiser(tiny_package, backend="cpu", threads=1).denoise(data, n_samples=2).mmse
+    assert np.asarray(layer.data[0]).tobytes() == expected.tobytes()
