@@ -46,6 +46,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import _from_mapping
 from .data import Normalization, PatchSampler, load_frames, split_frames
 from .model import LadderVAE
+from .trainer import _flatten_optimizer, _unflatten_optimizer
 
 log = logging.getLogger("hdn_deploy.training")
 
@@ -364,19 +365,10 @@ class DistillRun:
                         "distill_config": self.cfg.to_dict(),
                         "target": "antithetic posterior-sample pairs (COSDD direct denoiser)"})
         if with_state:
-            opt = self.optimizer.state_dict()
-            tensors = {"rng.torch": torch.get_rng_state(),
-                       "rng.generator": self.generator.get_state()}
-            plain = {}
-            for idx, entries in opt["state"].items():
-                plain[str(idx)] = {}
-                for key, value in entries.items():
-                    if torch.is_tensor(value):
-                        tensors[f"optim.{idx}.{key}"] = value
-                    else:
-                        plain[str(idx)][key] = value
-            ckpt.training_state = {"param_groups": opt["param_groups"], "plain": plain,
-                                   "step": self.step, "best_val": self.best_val,
+            meta, tensors = _flatten_optimizer(self.optimizer.state_dict())
+            tensors.update({"rng.torch": torch.get_rng_state(),
+                            "rng.generator": self.generator.get_state()})
+            ckpt.training_state = {**meta, "step": self.step, "best_val": self.best_val,
                                    "seconds": self.seconds, "history": self.history,
                                    "sampler_rng": self.sampler.get_state()}
             ckpt.training_tensors = tensors
@@ -388,12 +380,7 @@ class DistillRun:
         if state is None:
             raise ConfigError(f"{path}: holds no training state; cannot resume from it")
         self.student.load_state_dict(ckpt.state)
-        opt_state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in state["plain"].items()}
-        for key, value in ckpt.training_tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = value
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.optimizer.load_state_dict(_unflatten_optimizer(state, ckpt.training_tensors))
         torch.set_rng_state(ckpt.training_tensors["rng.torch"])
         self.generator.set_state(ckpt.training_tensors["rng.generator"])
         self.sampler.set_state(state["sampler_rng"])
