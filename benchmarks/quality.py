@@ -140,7 +140,9 @@ def baselines(names: list[str], noise: str, seed: int) -> dict[str, dict[str, An
 def export(checkpoint: Path, folder: Path) -> Path:
     from hdn_deploy.export.onnx_export import package_from_checkpoint
 
-    return package_from_checkpoint(checkpoint, folder, verify=False, overwrite=True)
+    # collapsed models are scored too (export refuses them by default)
+    return package_from_checkpoint(checkpoint, folder, verify=False, overwrite=True,
+                                   allow_collapsed=True)
 
 
 def snapshot_curve(run_dir: Path, names: list[str], noise: str, seed: int, n_samples: int,

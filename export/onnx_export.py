@@ -164,6 +164,7 @@ def package_from_checkpoint(
     overwrite: bool = False,
     description: str | None = None,
     posterior_logvar_max: float | None = DEFAULT_POSTERIOR_LOGVAR_MAX,
+    allow_collapsed: bool = False,
 ) -> Path:
     """Write a model package folder for the runtime from a training checkpoint.
 
@@ -188,6 +189,16 @@ def package_from_checkpoint(
         Upper clamp of the posterior log-variance in the exported graphs (default 4: the
         prior is N(0, 1), so a posterior std above e**2 only appears when a model is fed
         inputs far from its training regime). ``None`` keeps the training clamp only.
+    allow_collapsed
+        Export even a checkpoint whose training validation found a posterior collapse
+        (recorded in its provenance): such a model returns a flat image, worse than its
+        input, so it is refused by default.
+
+    Raises
+    ------
+    PackageError
+        For an existing output (without ``overwrite``), an old opset, or a collapsed model
+        (without ``allow_collapsed``).
     """
     if opset < 18:
         raise PackageError(f"opset {opset} is too old; use 18 or newer")
@@ -196,6 +207,13 @@ def package_from_checkpoint(
     if output.exists() and not overwrite:
         raise PackageError(f"{output} exists already; remove it or pass --overwrite")
     ckpt = load_checkpoint(checkpoint)
+    collapse = (ckpt.provenance or {}).get("collapse")
+    if collapse and not allow_collapsed:
+        raise PackageError(
+            f"{checkpoint}: this model collapsed in training ({collapse}): its latents carry "
+            "(almost) nothing, so it would return a flat image, worse than its input; refusing "
+            "to export it. Retrain (see the advice in the training log, or --stop-on-collapse), "
+            "export an earlier snapshot, or pass --allow-collapsed to export it anyway.")
     model = ckpt.build_model()
     for level in model.top_down_levels:
         level.stochastic.posterior_logvar_max = posterior_logvar_max

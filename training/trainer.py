@@ -84,8 +84,9 @@ def hdn_loss(
 
 
 COLLAPSE_ADVICE = (
-    "Try: a KL warm-up (--kl-warmup-steps 1000), more free bits, fewer unconditional levels, or "
-    "start the structured model from a pixel-mode checkpoint (--init)")
+    "Try: a KL warm-up (--kl-warmup-steps 1000), more free bits, or fewer unconditional "
+    "levels; `hdn-deploy explain` on a pixel-mode model shows which levels carry an artefact. "
+    "A collapsed model's checkpoints are refused by export")
 
 
 def collapse_diagnosis(kl_per_patch: Sequence[float], free_bits: float,
@@ -239,7 +240,9 @@ class TrainingRun:
             "likelihood": self.noise_model.state()[0],
         }
 
-    def _checkpoint(self, with_state: bool) -> Checkpoint:
+    def _checkpoint(self, with_state: bool, collapse: str | None = None) -> Checkpoint:
+        """``collapse``: the diagnosis of the validation at these weights (recorded in the
+        provenance, so that export refuses a collapsed model)."""
         meta, arrays = self.noise_model.state()
         ckpt = Checkpoint(
             model_config=self.model_config,
@@ -255,6 +258,7 @@ class TrainingRun:
                 "epoch": self.epoch,
                 "best_val_loss": self.best_val,
                 "train_config": self.cfg.to_dict(),
+                **({"collapse": f"step {self.step}: {collapse}"} if collapse else {}),
             },
         )
         if with_state:
@@ -415,20 +419,21 @@ class TrainingRun:
         self.train_seconds += seconds
         row["train_seconds"] = self.train_seconds
         self.history.append(row)
+        problem = self._check_collapse(val)
+        row["collapse"] = int(problem is not None)
         every = self.cfg.snapshot_every
         if every and self.step // every > (self.step - n_steps) // every:
             save_checkpoint(self.run_dir / f"step_{self.step}.safetensors",
-                            self._checkpoint(with_state=False))
+                            self._checkpoint(with_state=False, collapse=problem))
         improved = val["loss"] < self.best_val
         if improved:
             self.best_val = val["loss"]
             self.bad_epochs = 0
-            save_checkpoint(self.run_dir / BEST, self._checkpoint(with_state=False))
+            save_checkpoint(self.run_dir / BEST, self._checkpoint(with_state=False,
+                                                                  collapse=problem))
         elif full_epoch:
             self.bad_epochs += 1
-        problem = self._check_collapse(val)
-        row["collapse"] = int(problem is not None)
-        save_checkpoint(self.run_dir / LAST, self._checkpoint(with_state=True))
+        save_checkpoint(self.run_dir / LAST, self._checkpoint(with_state=True, collapse=problem))
         self._write_metrics()
         if problem is not None and self.cfg.stop_on_collapse:
             raise TrainingError(f"{self.run_dir}: stopped at step {self.step}: posterior collapse: "

@@ -48,11 +48,14 @@ def _extras(export_direct, export_int8, source: Path, output: Path, *, direct, i
               "globs; repeatable) for --int8: never the images you evaluate on.")
 @click.option("--int8-max-loss-db", type=float, default=0.1, show_default=True,
               help="Largest accepted estimated PSNR loss of the int8 decoder (dB).")
+@click.option("--allow-collapsed", is_flag=True, help="Export even a checkpoint whose training "
+              "found a posterior collapse (refused by default: it returns a flat image).")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime-vs-PyTorch check.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing package folder.")
 @handle_errors
 def export_command(checkpoint, output, tile, overlap, opset, description, posterior_logvar_max,
-                   direct, int8, calibration_data, int8_max_loss_db, no_verify, overwrite):
+                   direct, int8, calibration_data, int8_max_loss_db, allow_collapsed, no_verify,
+                   overwrite):
     """Export CHECKPOINT (a training run's best.safetensors) to a model package.
 
     CHECKPOINT may also be an existing model package folder: with --direct and/or --int8
@@ -87,13 +90,13 @@ def export_command(checkpoint, output, tile, overlap, opset, description, poster
             base = export.package_from_checkpoint(
                 checkpoint, Path(tmp) / "pkg", opset=opset, tile_size=tile, overlap=overlap,
                 verify=not no_verify, description=description,
-                posterior_logvar_max=posterior_logvar_max)
+                posterior_logvar_max=posterior_logvar_max, allow_collapsed=allow_collapsed)
             path = _extras(export_direct, export_int8, base, output, **kwargs)
     else:
         path = export.package_from_checkpoint(
             checkpoint, output, opset=opset, tile_size=tile, overlap=overlap,
             verify=not no_verify, overwrite=overwrite, description=description,
-            posterior_logvar_max=posterior_logvar_max)
+            posterior_logvar_max=posterior_logvar_max, allow_collapsed=allow_collapsed)
     manifest = load_package(path).manifest
     diff = manifest.export.verified_max_abs_diff
     check = "not verified" if diff is None else f"verified, max abs diff {diff:.2e}"

@@ -125,6 +125,38 @@ def test_forced_collapse_is_caught_at_the_first_validation(noisy_tif, tmp_path, 
     assert run.history[0]["collapse"] == 1
 
 
+def test_export_refuses_a_collapsed_model_unless_allowed(noisy_tif, tmp_path):
+    """A collapsed model returns a flat image, worse than its input: its checkpoints say so
+    and export refuses them (API and CLI, exit 2) unless explicitly allowed."""
+    from click.testing import CliRunner
+
+    from hdn_deploy.cli.main import main
+    from hdn_deploy.errors import PackageError
+    from hdn_deploy.export import package_from_checkpoint
+    from hdn_deploy.training.checkpoint import load_checkpoint
+
+    run = TrainingRun(run_dir=tmp_path / "run", data=[str(noisy_tif)],
+                      model_config=ModelConfig(**TINY_ARCH),
+                      train_config=TrainConfig(max_steps=4, steps_per_epoch=2, val_patches=4,
+                                               batch_size=2, snapshot_every=2),
+                      noise_model=GaussianNoiseModel(SIGMA))
+    _collapsed_validation(run)
+    run.run(progress=False)
+    for name in ("best", "last", "step_2"):
+        collapse = load_checkpoint(tmp_path / "run" / f"{name}.safetensors").provenance["collapse"]
+        assert collapse.startswith("step ") and "free-bits floor" in collapse
+    best = tmp_path / "run" / "best.safetensors"
+    with pytest.raises(PackageError, match="collapsed in training.*--allow-collapsed"):
+        package_from_checkpoint(best, tmp_path / "pkg", verify=False)
+    assert not (tmp_path / "pkg").exists()
+    res = CliRunner().invoke(main, ["export", str(best), "-o", str(tmp_path / "pkg"), "--no-verify"])
+    assert res.exit_code == 2 and "collapsed in training" in res.output
+    res = CliRunner().invoke(main, ["export", str(best), "-o", str(tmp_path / "pkg"), "--no-verify",
+                                    "--allow-collapsed"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pkg" / "manifest.json").is_file()
+
+
 def test_stop_on_collapse_ends_the_run_with_a_clear_error(noisy_tif, tmp_path):
     run = TrainingRun(run_dir=tmp_path, data=[str(noisy_tif)], model_config=ModelConfig(**TINY_ARCH),
                       train_config=TrainConfig(max_steps=4, steps_per_epoch=2, val_patches=4,
