@@ -268,6 +268,14 @@ def _check_values(path: Path, data: np.ndarray) -> None:
         raise InputError(f"'{path}' has data type {data.dtype}; expected integers or real floats")
 
 
+def _series_layout(tif: tifffile.TiffFile, path: Path, series: int | None,
+                   axes: str | None) -> tuple[SeriesInfo, str, Layout]:
+    """The chosen series of an open TIFF, its name for messages and its axes layout."""
+    info = _pick_series(path, _series_info(tif), series)
+    source = f"'{path}' series {info.index}" if len(tif.series) > 1 else f"'{path}'"
+    return info, source, layout_from_file(info.shape, info.axes, source=source, axes=axes)
+
+
 def read_image(path: str | Path, *, series: int | None = None, axes: str | None = None,
                allow_channels: bool = False) -> ImageData:
     """Read one series of a TIFF as float32 planes.
@@ -304,9 +312,7 @@ def read_image(path: str | Path, *, series: int | None = None, axes: str | None 
     path = Path(path)
     with _open(path) as tif:
         try:
-            info = _pick_series(path, _series_info(tif), series)
-            source = f"'{path}' series {info.index}" if len(tif.series) > 1 else f"'{path}'"
-            layout = layout_from_file(info.shape, info.axes, source=source, axes=axes)
+            info, source, layout = _series_layout(tif, path, series, axes)
             if not allow_channels:
                 _one_channel(source, info, layout)
             check_memory(path, info, read_bytes_needed(info))
@@ -369,9 +375,7 @@ def open_image_lazy(path: str | Path, *, series: int, axes: str | None = None
     path = Path(path)
     with _open(path) as tif:
         try:
-            info = _pick_series(path, _series_info(tif), series)
-            source = f"'{path}' series {info.index}" if len(tif.series) > 1 else f"'{path}'"
-            layout = layout_from_file(info.shape, info.axes, source=source, axes=axes)
+            info, source, layout = _series_layout(tif, path, series, axes)
             tseries = tif.series[info.index]
             _check_companions(tif, path, tseries)
             physical = physical_metadata(tif, info.index)
