@@ -23,8 +23,9 @@ and ``2k + 1`` share stream ``2k`` and sample ``2k + 1`` gets the negated value 
 have exactly opposite noise, which reduces the variance of the MMSE); in ``"mean"`` mode
 ``eps`` is zero. Levels listed in a sampler's ``mean_levels`` get ``eps = 0`` in every mode
 (the level at its posterior mean, ``z = mu``); the other levels keep exactly the values
-above, so holding some levels at their mean never changes the noise of the rest. Limits: seed < 2**64, sample index < 2**32, level < 64, channels < 2**24,
-latent coordinates < 2**32.
+above, so holding some levels at their mean never changes the noise of the rest.
+Limits: seed < 2**64, sample index < 2**32, level < 64, channels < 2**24, latent
+coordinates < 2**32.
 
 Agreement across devices: the Philox words and the uniforms derived from them are
 integers and exact float32 values, hence bit-identical on every device. The normals
