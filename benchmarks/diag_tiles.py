@@ -8,8 +8,8 @@ torch.set_num_threads(1)
 from hdn_deploy.training.checkpoint import load_checkpoint
 from hdn_deploy.metrics import psnr
 ck = load_checkpoint(sys.argv[1]); m = ck.build_model()
-noisy = tifffile.imread('hdn_deploy/sample_data/ihc_noisy.tif').astype(np.float32)
-clean = tifffile.imread('hdn_deploy/sample_data/ihc_clean.tif').astype(np.float32)
+noisy = tifffile.imread('hdn_deploy/sample_data/nuclei_noisy.tif').astype(np.float32)
+clean = tifffile.imread('hdn_deploy/sample_data/nuclei_clean.tif').astype(np.float32)
 print('clean range', clean.min(), clean.max(), 'mean', clean.mean())
 n = ck.normalization; print('norm', n.mean, n.std)
 T = int(sys.argv[2]); pad = 32

@@ -162,7 +162,7 @@ def setup(args, avail, work: Path) -> SimpleNamespace:
     from hdn_deploy.training.checkpoint import load_checkpoint
 
     data = REPO / "hdn_deploy" / "sample_data"
-    noisy, clean = (tifffile.imread(data / f"ihc_{k}.tif").astype(np.float32) for k in ("noisy", "clean"))
+    noisy, clean = (tifffile.imread(data / f"nuclei_{k}.tif").astype(np.float32) for k in ("noisy", "clean"))
     checkpoint, trained = args.checkpoint, True
     default = REPO / "runs" / "default-model" / "run" / "best.safetensors"
     if checkpoint is None and default.is_file() and not args.untrained:

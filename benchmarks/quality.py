@@ -2,8 +2,14 @@
 noisy input, and PSNR against training wall time.
 
 Images: real images that scikit-image's wheel carries and that the bundled model never saw
-in training (central 256x256 crops, grey, 8-bit range), plus the bundled demo sample (the
-held-out quadrant of the immunohistochemistry image). Noise, drawn with a fixed seed:
+in training (central 256x256 crops, grey, 8-bit range; ``ihc_q4`` is the bottom-right
+quadrant of the immunohistochemistry image, the demo sample of bundled models before
+2026-11-30), and two from the 512x512 fluorescence image of stained nuclei that StarDist's
+wheel carries as test data (``training/sample_images.py``; fetched once into
+``runs/bench-data``; intensities 0-235 used as they are): ``nuclei_q4``, its bottom-right
+quadrant, the bundled demo sample (held out from the bundled model's training, which used
+the other three), and ``nuclei``, the whole image, for train-on-image runs only. Noise,
+drawn with a fixed seed:
 
 - ``gaussian25``: additive Gaussian, sigma 25;
 - ``pg``: Poisson-Gaussian, 4 * Poisson(clean / 4) + N(0, 5^2) (the bundled model's noise).
@@ -61,18 +67,29 @@ def _centre(image: np.ndarray, size: int = CROP) -> np.ndarray:
     return np.ascontiguousarray(image[y:y + size, x:x + size])
 
 
+def nuclei(cache: Path = Path("runs/bench-data")) -> np.ndarray:
+    """The 512x512 fluorescence nuclei image (StarDist's test data), float32."""
+    from hdn_deploy.training.sample_images import stardist_nuclei
+
+    return stardist_nuclei(cache)
+
+
 def clean_images() -> dict[str, np.ndarray]:
-    """Held-out clean images (name -> float32 (256, 256), 8-bit range)."""
+    """Held-out clean images (name -> float32 2-D, 8-bit range)."""
     import skimage.data as data
 
     from hdn_deploy.demo import SAMPLE_CLEAN, bundled_path
     from hdn_deploy.io import read_image
 
     return {
-        "ihc_q4": read_image(bundled_path(SAMPLE_CLEAN)).array.astype(np.float32),
+        "ihc_q4": _grey(data.immunohistochemistry())[256:, 256:],
+        # the bundled model's demo sample: held out from its training (the other quadrants)
+        "nuclei_q4": read_image(bundled_path(SAMPLE_CLEAN)).array.astype(np.float32),
         "astronaut": _centre(_grey(data.astronaut())),
         "brick": _centre(_grey(data.brick())),
         "chelsea": _centre(_grey(data.chelsea())),
+        # whole image: for train-on-image runs, not for the bundled model (trained on 3/4)
+        "nuclei": nuclei(),
     }
 
 
@@ -147,17 +164,24 @@ def export(checkpoint: Path, folder: Path) -> Path:
 
 def snapshot_curve(run_dir: Path, names: list[str], noise: str, seed: int, n_samples: int,
                    images: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
-    """PSNR of every kept snapshot of ``run_dir`` against the run's training seconds."""
+    """PSNR of every kept snapshot of ``run_dir`` (and of its final weights, ``last``) against
+    the run's training seconds."""
     import csv
+
+    from hdn_deploy.training.checkpoint import load_checkpoint
 
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     seconds_at = {int(r["step"]): float(r.get("train_seconds") or "nan") for r in rows}
     clean = images or clean_images()
     curve = []
     snaps = sorted(run_dir.glob("step_*.safetensors"), key=lambda p: int(p.stem.split("_")[1]))
+    steps = [int(p.stem.split("_")[1]) for p in snaps]
+    last = run_dir / "last.safetensors"
+    last_step = load_checkpoint(last).provenance["step"] if last.is_file() else None
+    if last_step is not None and last_step not in steps and last_step in seconds_at:
+        snaps, steps = [*snaps, last], [*steps, last_step]  # the final weights
     with tempfile.TemporaryDirectory() as tmp:
-        for snap in snaps:
-            step = int(snap.stem.split("_")[1])
+        for snap, step in zip(snaps, steps):
             package = export(snap, Path(tmp) / snap.stem)
             point = {"step": step, "train_seconds": seconds_at.get(step), "images": {}}
             for name in names:

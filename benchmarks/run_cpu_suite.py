@@ -22,7 +22,7 @@ Example (the bundled default model)::
 
     .venv/bin/python benchmarks/run_cpu_suite.py --model hdn_deploy/models/default \\
         --checkpoint runs/default-model/run/best.safetensors \\
-        --noisy hdn_deploy/sample_data/ihc_noisy.tif --clean hdn_deploy/sample_data/ihc_clean.tif \\
+        --noisy hdn_deploy/sample_data/nuclei_noisy.tif --clean hdn_deploy/sample_data/nuclei_clean.tif \\
         --out runs/bench-cpu
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ PSNR against the clean image is within 0.1 dB of the ``n_max``-sample MMSE. The 
 with every latent at its mean (``sampling="mean"``) is scored beside it.
 
     python benchmarks/sampling_convergence.py --package hdn_deploy/models/default \\
-        --images ihc_q4 astronaut --n-max 128 --seeds 0 1 --out benchmarks/results/sampling
+        --images nuclei_q4 astronaut --n-max 128 --seeds 0 1 --out benchmarks/results/sampling
 
 Writes ``sampling.json`` and ``sampling.md`` in ``--out``.
 """
@@ -44,7 +44,7 @@ def markdown(results: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", default="hdn_deploy/models/default")
-    parser.add_argument("--images", nargs="+", default=["ihc_q4"])
+    parser.add_argument("--images", nargs="+", default=["nuclei_q4"])
     parser.add_argument("--noise", default="pg", choices=["pg", "gaussian25"])
     parser.add_argument("--n-max", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

@@ -35,7 +35,7 @@ def _test_input(package: ModelPackage, test_image: Path | None, size: int) -> np
     import hdn_deploy
     from hdn_deploy.io import read_image
 
-    sample = Path(hdn_deploy.__file__).parent / "sample_data" / "ihc_noisy.tif"
+    sample = Path(hdn_deploy.__file__).parent / "sample_data" / "nuclei_noisy.tif"
     data = read_image(test_image or sample).array
     image = data[0] if data.ndim == 3 else data
     h, w = (min(size, s) for s in image.shape)
@@ -190,7 +190,7 @@ def bmz_package_from_model(
         Seed of the in-graph latent noise (stored in the model's config).
     test_image
         TIFF whose centre crop (``test_size`` pixels at most) becomes the test input;
-        default: the bundled sample ``ihc_noisy.tif``.
+        default: the bundled sample ``nuclei_noisy.tif``.
     name, authors, license_id
         Zoo metadata (license: an SPDX identifier).
     overwrite

@@ -16,8 +16,8 @@ from .io import read_image, write_tiff_atomic
 from .metrics import psnr
 
 DEFAULT_MODEL = "models/default"
-SAMPLE_NOISY = "sample_data/ihc_noisy.tif"
-SAMPLE_CLEAN = "sample_data/ihc_clean.tif"
+SAMPLE_NOISY = "sample_data/nuclei_noisy.tif"
+SAMPLE_CLEAN = "sample_data/nuclei_clean.tif"
 
 
 def bundled_path(relative: str) -> Path:
@@ -111,8 +111,8 @@ def run_demo(out_dir: str | Path, *, n_samples: int = 100, seed: int = 0, thread
     seconds = time.perf_counter() - start
     meta = {**result.metadata, "input": SAMPLE_NOISY}
     outputs = {
-        "mmse": write_tiff_atomic(out_dir / "ihc_mmse.tif", result.mmse, metadata=meta, axes="YX"),
-        "std": write_tiff_atomic(out_dir / "ihc_std.tif", result.std, metadata=meta, axes="YX"),
+        "mmse": write_tiff_atomic(out_dir / "nuclei_mmse.tif", result.mmse, metadata=meta, axes="YX"),
+        "std": write_tiff_atomic(out_dir / "nuclei_std.tif", result.std, metadata=meta, axes="YX"),
     }
     outputs["montage"] = write_montage(
         out_dir / "montage.png",

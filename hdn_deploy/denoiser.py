@@ -261,8 +261,8 @@ class Denoiser:
             Context pixels padded (by reflection) on every side before tiling and
             cropped afterwards, so borders and corners do not see the network's zero
             padding (default: half the package's recommended overlap; measured on the
-            bundled model, 64 x 64 IHC crop: error of the outer 2-pixel ring 30.6 without
-            margin, 12.1 with 32 px, interior 9.4).
+            previous bundled model, 64 x 64 IHC crop: error of the outer 2-pixel ring 30.6
+            without margin, 12.1 with 32 px, interior 9.4).
         keep_samples, batch_size
             Samples returned (0) and samples per decoder call (1); neither changes the
             MMSE or std.

@@ -1,10 +1,11 @@
 """Recipe of the bundled default model, from data to package: ``make default-model``.
 
-Data: real images that scikit-image's wheel carries (no download), converted to grey
-8-bit intensities [0, 255]. Noise: Poisson-Gaussian, observed = GAIN * Poisson(clean /
-GAIN) + N(0, READ_NOISE^2), the model of a camera with GAIN grey levels per photon.
-The held-out sample is the bottom-right 256x256 quadrant of the immunohistochemistry
-image, which is excluded from training.
+Data: a real 512x512 fluorescence image of stained nuclei (2018 Kaggle Data Science Bowl)
+that StarDist's wheel carries as test data (``training/sample_images.py``: fetched with pip,
+no other download), intensities 0-235 as they are. Noise: Poisson-Gaussian, observed =
+GAIN * Poisson(clean / GAIN) + N(0, READ_NOISE^2), the model of a camera with GAIN grey
+levels per photon. Three 256x256 quadrants are the training data; the held-out sample is
+the bottom-right quadrant, which training never sees.
 
 Steps (each a real ``hdn-deploy`` command, as a user would run them):
 1. simulate a 60-frame calibration stack of a static ramp-and-disc sample;
@@ -34,9 +35,9 @@ SEED = 2026
 NOISE_DESCRIPTION = (
     f"Poisson-Gaussian noise on 8-bit-range grey images: observed = {GAIN:g} * "
     f"Poisson(clean / {GAIN:g}) + N(0, {READ_NOISE:g}^2); GMM noise model from a simulated "
-    "calibration stack"
+    "calibration stack; trained on three quadrants of a fluorescence image of stained nuclei"
 )
-# The `cpu` preset: 6 x 32 latents, 32 filters, 3 blocks, 64x64 patches, batch 16, Adamax
+# The `cpu` preset: 6 x 32 latents, 16 filters, 3 blocks, 64x64 patches, batch 16, Adamax
 # 1e-3 with 100 warm-up steps and cosine decay over --max-steps.
 RECIPE = ["--preset", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
@@ -50,29 +51,14 @@ def add_noise(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (GAIN * photons + rng.normal(0.0, READ_NOISE, clean.shape)).astype(np.float32)
 
 
-def grey(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float64)
-    if image.ndim == 3:
-        image = image[..., :3] @ np.array([0.2125, 0.7154, 0.0721])
-    return image.astype(np.float32)
+def clean_images(cache: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Training images (name -> clean) and the held-out clean sample, float32 (256, 256)."""
+    from hdn_deploy.training.sample_images import stardist_nuclei
 
-
-def clean_images() -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Training images (name -> clean) and the held-out clean sample."""
-    import skimage.data as data
-
-    ihc = grey(data.immunohistochemistry())
-    images = {
-        "ihc_top": ihc[:256],
-        "ihc_bottom_left": ihc[256:, :256],
-        "cell": grey(data.cell()),
-        "hubble": grey(data.hubble_deep_field()),
-        "retina": grey(data.retina()),
-        "moon": grey(data.moon()),
-        "camera": grey(data.camera()),
-        "coins": grey(data.coins()),
-    }
-    return images, ihc[256:, 256:]
+    nuclei = stardist_nuclei(cache)
+    images = {"nuclei_q1": nuclei[:256, :256], "nuclei_q2": nuclei[:256, 256:],
+              "nuclei_q3": nuclei[256:, :256]}
+    return images, np.ascontiguousarray(nuclei[256:, 256:])
 
 
 def calibration_stack(rng: np.random.Generator, frames: int = 60) -> np.ndarray:
@@ -93,7 +79,7 @@ def run(cmd: list[str], threads: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "default-model")
-    parser.add_argument("--max-steps", type=int, default=1600)
+    parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--prepare-only", action="store_true", help="only make data and noise model")
@@ -107,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     if not args.resume and not (work / "nm.npz").is_file():
         data_dir.mkdir(parents=True, exist_ok=True)
-        images, sample = clean_images()
+        images, sample = clean_images(work / "source")
         for name, clean in images.items():
             tifffile.imwrite(data_dir / f"{name}.tif", add_noise(clean, rng))
         tifffile.imwrite(work / "calibration.tif", calibration_stack(rng))
         SAMPLE_DIR.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(SAMPLE_DIR / "ihc_clean.tif", sample)
-        tifffile.imwrite(SAMPLE_DIR / "ihc_noisy.tif", add_noise(sample, rng))
+        tifffile.imwrite(SAMPLE_DIR / "nuclei_clean.tif", sample)
+        tifffile.imwrite(SAMPLE_DIR / "nuclei_noisy.tif", add_noise(sample, rng))
         run(["noise-model", "calibrate", str(work / "calibration.tif"), "-o", str(work / "nm.npz"),
              "--seed", str(SEED)], args.threads)
     if args.prepare_only:
@@ -123,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         run(["train", "--resume", str(work / "run"), *common], args.threads)
     else:
         run(["train", str(data_dir), "-o", str(work / "run"), "--noise-model", str(work / "nm.npz"),
-             *RECIPE, "--snapshot-every", "400", "--seed", str(SEED), "--threads", str(args.threads),
+             *RECIPE, "--snapshot-every", "500", "--seed", str(SEED), "--threads", str(args.threads),
              *common], args.threads)
     if MODEL_DIR.exists():
         shutil.rmtree(MODEL_DIR)

@@ -15,7 +15,7 @@ import tifffile
 from ..io import read_hdn_metadata
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
-_SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "ihc_noisy.tif"
+_SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "nuclei_noisy.tif"
 _COLORMAPS = {"std": "magma"}
 
 
@@ -56,4 +56,4 @@ def read_output(path: str) -> list[LayerData]:
 
 def sample_noisy() -> list[LayerData]:
     """The bundled noisy sample (256x256, 8-bit range, Poisson-Gaussian noise)."""
-    return [(tifffile.imread(_SAMPLE).astype(np.float32), {"name": "ihc_noisy"}, "image")]
+    return [(tifffile.imread(_SAMPLE).astype(np.float32), {"name": "nuclei_noisy"}, "image")]

@@ -149,7 +149,7 @@ def test_resume_from_unknown_checkpoint_version(good_tif, tmp_path):
 
 def test_preset_then_file_then_flags():
     merged = merge_settings({"preset": "cpu", "train": {"lr": 5e-4}}, {"batch_size": 8})
-    assert merged["model"]["n_filters"] == 32 and merged["model"]["blocks_per_level"] == 3
+    assert merged["model"]["n_filters"] == 16 and merged["model"]["blocks_per_level"] == 3
     assert merged["train"]["lr_schedule"] == "cosine"
     assert merged["train"]["lr"] == 5e-4 and merged["train"]["batch_size"] == 8
     with pytest.raises(ConfigError, match="unknown preset 'gpu'"):

@@ -63,7 +63,7 @@ def test_manifest_registers_widget_reader_and_sample():
     contributions = manifest.contributions
     assert [w.display_name for w in contributions.widgets] == ["HDN denoise"]
     assert contributions.readers[0].command == "hdn-deploy.get_reader"
-    assert [s.key for s in contributions.sample_data] == ["ihc_noisy"]
+    assert [s.key for s in contributions.sample_data] == ["nuclei_noisy"]
     for command in contributions.commands:  # every python_name resolves
         assert callable(command.exec) or command.python_name
 

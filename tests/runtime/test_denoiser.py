@@ -278,9 +278,11 @@ def _ring_and_interior(estimate, clean):
 
 
 def test_borders_see_image_context_not_zero_padding(default_den):
-    """Measured (bundled model, 4 samples, 64 x 64 IHC crop): ring / interior RMSE 30.6 / 9.4
-    without margin, 12.1 / 9.4 with the default margin (32 px); a flat 255 frame gives MMSE
-    139.6-271.4 without margin and 249.1-264.5 with it."""
+    """Measured (bundled model, 4 samples): on a 64 x 64 crop of the sample, ring / interior
+    RMSE 5.41 / 5.04 with the default margin (32 px); a flat 255 frame gives MMSE 126.1-271.6
+    without margin and 250.6-255.7 with it. (The fluorescence sample, mostly dark
+    background near the normalisation mean, hardly shows the fault: 5.56 / 5.04 without
+    margin; the IHC sample of the previous bundled model showed 30.6 / 9.4.)"""
     from hdn_deploy.demo import SAMPLE_CLEAN, SAMPLE_NOISY, bundled_path
 
     clean = tifffile.imread(bundled_path(SAMPLE_CLEAN))[100:164, 200:264].astype(np.float32)
@@ -293,8 +295,6 @@ def test_borders_see_image_context_not_zero_padding(default_den):
     assert ring < 1.5 * interior
     flat_mmse = default_den.denoise(flat, **options).mmse
     assert float(flat_mmse.max() - flat_mmse.min()) < 0.1 * 255
-    # the same measures see the fault without the margin
-    ring0, interior0 = _ring_and_interior(default_den.denoise(noisy, margin=0, **options).mmse, clean)
-    assert ring0 > 2 * interior0
+    # the same measure sees the fault without the margin
     flat0 = default_den.denoise(flat, margin=0, **options).mmse
     assert float(flat0.max() - flat0.min()) > 0.3 * 255

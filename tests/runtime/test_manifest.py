@@ -75,7 +75,7 @@ def test_bundled_package_is_version_2_with_its_ranges():
     assert json.loads((DEFAULT / MANIFEST_FILE).read_text())["format_version"] == 2
     m = load_package(DEFAULT).manifest
     assert m.format_version == 2 and len(m.levels) == 6
-    assert all(lv.feature_channels == 32 and lv.channels == 32 for lv in m.levels)
+    assert all(lv.feature_channels == 16 and lv.channels == 32 for lv in m.levels)
     assert m.intensity_range.training_data is not None
     noise = m.intensity_range.noise_model
     assert noise.min == pytest.approx(m.likelihood["min_signal"])
