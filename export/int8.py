@@ -1,8 +1,8 @@
 """int8 decoder graphs (onnxruntime.quantization), calibrated on training patches and
 checked on patches held out from calibration.
 
-Static quantisation, QDQ format, int8 per-channel weights and uint8 activations of every
-Conv and ConvTranspose of the decoder (the top-down graph, run once per sample: where
+Static quantisation, QDQ format, 7-bit (``reduce_range``) per-channel int8 weights and
+uint8 activations of every Conv and ConvTranspose of the decoder (the top-down graph, run once per sample: where
 the sampler's time goes; the encoder runs once per tile and stays float). Activation
 ranges (MinMax) come from decoder inputs as at prediction: encoder features of crops of
 the *training* images and seeded latents.
@@ -15,6 +15,13 @@ to the truth, for a calibrated posterior), the estimated PSNR loss is 10 log10(1
 (assumes the int8 deviation is uncorrelated with the float error). Above ``max_loss_db``
 the export is refused. The benchmark (benchmarks/direct_int8.py) measures the real loss
 against clean images.
+
+Why 7-bit weights: without VNNI, x86's u8 x s8 multiply-add (``vpmaddubsw``) saturates its
+int16 sums, as onnxruntime's quantisation guide warns. On the bundled model (AVX2, no VNNI)
+full 8-bit weights lost 0.90 dB of real PSNR and 7-bit weights 0.005 dB; neither ran
+faster than fp32 (1.0x: the float ELUs between the convolutions keep every conv wrapped in
+quantise/dequantise steps). benchmarks/results/direct_int8/int8_variants.md has the 22
+variants measured.
 """
 from __future__ import annotations
 
@@ -93,6 +100,7 @@ def quantize_decoder_static(src: Path, dst: Path, feeds: list[dict]) -> None:
         quant.quantize_static(str(src), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ,
                               activation_type=quant.QuantType.QUInt8,
                               weight_type=quant.QuantType.QInt8, per_channel=True,
+                              reduce_range=True,
                               op_types_to_quantize=["Conv", "ConvTranspose"])
     finally:
         root.setLevel(level)
