@@ -9,6 +9,9 @@ batch sizes; thread counts; the reference's width and narrower/shallower models.
 Usage::
 
     python benchmarks/train_speed.py --out benchmarks/results/train_speed
+    # thread count only, on an otherwise idle machine
+    python benchmarks/train_speed.py --only "preset (batch 16, 1 thread)" "2 threads" \\
+        --out benchmarks/results/train_speed/threads
 """
 from __future__ import annotations
 
@@ -75,19 +78,22 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed"))
+    parser.add_argument("--only", nargs="+", metavar="VARIANT", choices=list(VARIANTS),
+                        help="run only these variants (the first is the baseline)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker), args.steps, args.warmup)))
         return 0
-    per_patch: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    variants = {name: VARIANTS[name] for name in args.only or VARIANTS}
+    per_patch: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, spec in VARIANTS.items():
+        for name, spec in variants.items():
             out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec),
                                   "--steps", str(args.steps), "--warmup", str(args.warmup)],
                                  check=True, capture_output=True, text=True).stdout
             per_patch[name] += json.loads(out.strip().splitlines()[-1])
-    base = statistics.median(per_patch[next(iter(VARIANTS))])
+    base = statistics.median(per_patch[next(iter(variants))])
     rows = {name: {"patches_per_s": round(1 / statistics.median(t), 2),
                    "speedup_vs_preset": round(base / statistics.median(t), 3),
                    "n_steps_timed": len(t)} for name, t in per_patch.items()}
