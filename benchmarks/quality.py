@@ -36,6 +36,7 @@ Sub-commands (each writes ``quality.json``, ``quality.md`` and ``quality_vs_time
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -48,8 +49,9 @@ import numpy as np
 
 from hdn_deploy.atomic import atomic_path, atomic_write_text
 from hdn_deploy.metrics import psnr
+from hdn_deploy.training.default_model import GAIN, READ_NOISE  # the bundled model's noise
 
-GAIN, READ_NOISE, SIGMA = 4.0, 5.0, 25.0
+SIGMA = 25.0
 NOISES = ("gaussian25", "pg")
 CROP = 256
 
@@ -67,19 +69,14 @@ def _centre(image: np.ndarray, size: int = CROP) -> np.ndarray:
     return np.ascontiguousarray(image[y:y + size, x:x + size])
 
 
-def nuclei(cache: Path = Path("runs/bench-data")) -> np.ndarray:
-    """The 512x512 fluorescence nuclei image (StarDist's test data), float32."""
-    from hdn_deploy.training.sample_images import stardist_nuclei
-
-    return stardist_nuclei(cache)
-
-
+@functools.lru_cache(maxsize=1)
 def clean_images() -> dict[str, np.ndarray]:
-    """Held-out clean images (name -> float32 2-D, 8-bit range)."""
+    """Held-out clean images (name -> float32 2-D, 8-bit range); read once per process."""
     import skimage.data as data
 
     from hdn_deploy.demo import SAMPLE_CLEAN, bundled_path
     from hdn_deploy.io import read_image
+    from hdn_deploy.training.sample_images import stardist_nuclei
 
     return {
         "ihc_q4": _grey(data.immunohistochemistry())[256:, 256:],
@@ -89,7 +86,7 @@ def clean_images() -> dict[str, np.ndarray]:
         "brick": _centre(_grey(data.brick())),
         "chelsea": _centre(_grey(data.chelsea())),
         # whole image: for train-on-image runs, not for the bundled model (trained on 3/4)
-        "nuclei": nuclei(),
+        "nuclei": stardist_nuclei(Path("runs/bench-data")),
     }
 
 
