@@ -33,7 +33,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,9 @@ from benchmarks.quality import SIGMA, clean_images, export, hdn_mmse, scores  # 
 from hdn_deploy.atomic import atomic_path, atomic_write_text  # noqa: E402
 
 ARTEFACTS = ("rows", "columns")
-MODELS = {"pixel": [], "structured": ["--structured"]}
+# model name -> extra `hdn-deploy train` flags ("{artefact}" is replaced by rows/columns)
+MODELS = {"pixel": [], "structured": ["--structured"],
+          "lines": ["--line-artefacts", "{artefact}"]}
 
 
 def add_artefact_noise(clean: np.ndarray, artefact: str, seed: int, *, std: float = 12.0,
@@ -67,18 +68,27 @@ def artefact_removed(estimate: np.ndarray, noisy: np.ndarray, clean: np.ndarray,
     return round(float(1.0 - residual.var() / before.var()), 4)
 
 
-def train(noisy_file: Path, run_dir: Path, kind: str, max_steps: int, seed: int,
-          extra: list[str]) -> float:
-    """Train (or resume) one model; returns the wall seconds this call took."""
+def train_command(noisy_file: Path, run_dir: Path, kind: str, artefact: str, max_steps: int,
+                  seed: int, extra: list[str]) -> list[str]:
+    """The `hdn-deploy train` command that trains (or resumes) one model."""
     if (run_dir / "last.safetensors").is_file():
         cmd = ["--resume", str(run_dir), "--max-steps", str(max_steps)]
     else:
         cmd = [str(noisy_file), "-o", str(run_dir), "--preset", "cpu", "--max-steps",
                str(max_steps), "--gaussian-sigma", str(SIGMA), "--threads", "1", "--seed",
-               str(seed), *MODELS[kind], *extra]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hdn_deploy", "train", *cmd, "--quiet"], check=True)
-    return time.perf_counter() - start
+               str(seed), *(f.format(artefact=artefact) for f in MODELS[kind]), *extra]
+    return [sys.executable, "-m", "hdn_deploy", "train", *cmd, "--quiet"]
+
+
+def train_all(commands: list[list[str]], jobs: int) -> None:
+    """Run the training commands, ``jobs`` at a time (one core each); fail if any fails."""
+    pending, running = list(commands), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            running.append(subprocess.Popen(pending.pop(0)))
+        done = running.pop(0)
+        if done.wait() != 0:
+            raise SystemExit(f"training failed (exit {done.returncode}): {shlex.join(done.args)}")
 
 
 def train_seconds(run_dir: Path) -> float | None:
@@ -119,9 +129,10 @@ def run_case(name: str, artefact: str, clean: np.ndarray, args) -> dict[str, Any
         tifffile.imwrite(noisy_file, noisy)
     estimates = {"noisy": noisy, "BM3D": bm3d_estimate(noisy, "gaussian25")}
     case: dict[str, Any] = {"models": {}}
+    train_all([train_command(noisy_file, work / kind, kind, artefact, args.max_steps, args.seed,
+                             args.train_args.split()) for kind in args.models], args.jobs)
     for kind in args.models:
         run_dir = work / kind
-        train(noisy_file, run_dir, kind, args.max_steps, args.seed, args.train_args.split())
         with tempfile.TemporaryDirectory() as tmp:
             package = export(run_dir / "best.safetensors", Path(tmp) / "pkg")
             estimates[f"HDN {kind}"] = hdn_mmse(package, noisy, args.samples, args.seed)
@@ -159,6 +170,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=1200)
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="models trained at once, one core each (default 2)")
     parser.add_argument("--train-args", default="", help="more `hdn-deploy train` flags")
     parser.add_argument("--work", type=Path, default=Path("runs/artefacts"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/artefacts"))

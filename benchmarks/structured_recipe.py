@@ -28,12 +28,15 @@ import torch
 
 from hdn_deploy.training.config import ModelConfig, TrainConfig
 from hdn_deploy.training.noise_models import GaussianNoiseModel
+from hdn_deploy.training.noise_models.lines import LineArtefactNoiseModel, estimate_line_std
 from hdn_deploy.training.trainer import train
 
 SIGMA, ROW_STD, ROW_SHARE = 20.0, 12.0, 0.3
 ARCH = dict(z_dims=(8,) * 4, n_filters=16, blocks_per_level=1, patch_size=32, dropout=0.0)
 
-# name -> (uncond levels, TrainConfig overrides, ModelConfig overrides)
+# name -> (uncond levels, TrainConfig overrides, ModelConfig overrides); a "lines" recipe
+# uses the line-artefact likelihood (row offsets marginalised, their std estimated from the
+# training images) instead of the Gaussian pixel likelihood
 RECIPES = {
     "pixel": ((), {}, {}),
     "structured": ((0, 1), {}, {}),
@@ -42,6 +45,8 @@ RECIPES = {
     "warm-klwarm": ((0, 1), {"structured_warmup_steps": "half", "kl_warmup_steps": "quarter"}, {}),
     "structured-fb4": ((0, 1), {}, {"free_bits": 4.0}),
     "structured-012": ((0, 1, 2), {}, {}),
+    "lines": ((), {}, {}),
+    "structured-lines": ((0, 1), {}, {}),
 }
 
 
@@ -103,8 +108,12 @@ def run_one(recipe: str, seed: int, steps: int, data: list[Path], clean, noisy, 
                             warmup_steps=20, max_steps=steps, steps_per_epoch=25, val_patches=32,
                             early_stop_patience=1000, seed=seed, num_threads=1, **train_over)
     start = time.perf_counter()
+    noise_model = GaussianNoiseModel(SIGMA)
+    if recipe.endswith("lines"):
+        row_std = estimate_line_std([tifffile.imread(p) for p in data], "rows", SIGMA**2)
+        noise_model = LineArtefactNoiseModel(noise_model, row_std=row_std)
     result = train(data, work / f"{recipe}_{seed}", model_config=model_cfg, train_config=train_cfg,
-                   noise_model=GaussianNoiseModel(SIGMA), progress=False)
+                   noise_model=noise_model, progress=False)
     seconds = time.perf_counter() - start
     last = result.history[-1]
     estimate = mmse(result.best_checkpoint, noisy)

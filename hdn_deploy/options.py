@@ -91,6 +91,7 @@ class NoiseModelKind(str, enum.Enum):
     GAUSSIAN = "gaussian"
     GMM = "gmm"
     HISTOGRAM = "histogram"
+    LINES = "lines"  # Gaussian pixel noise plus marginalised row/column offsets
 
 
 def values(enum_type: type[enum.Enum]) -> tuple[str, ...]:

@@ -47,8 +47,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot parse config file ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    allowed = {"data", "output", "noise_model", "gaussian_sigma", "structured", "model", "train",
-               "preset"}
+    allowed = {"data", "output", "noise_model", "gaussian_sigma", "structured", "line_artefacts",
+               "model", "train", "preset"}
     unknown = set(data) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -71,15 +71,25 @@ def merge_settings(file_settings: dict[str, Any], flags: dict[str, Any]) -> dict
         n = flags.get("levels") or len(model.get("z_dims", [32] * 6))
         z = flags.get("latent_channels") or (model.get("z_dims") or [32])[0]
         model["z_dims"] = [z] * n
-    for key in ("data", "output", "noise_model", "gaussian_sigma"):
+    for key in ("data", "output", "noise_model", "gaussian_sigma", "line_artefacts"):
         if flags.get(key):
             settings[key] = flags[key]
     if flags.get("structured"):
         settings["structured"] = True
-    if settings.get("structured"):
-        model["uncond_levels"] = [0, 1]
+    if settings.get("structured") and not settings.get("line_artefacts"):
+        settings["line_artefacts"] = "both"
+    if flags.get("uncond_levels") is not None:
+        model["uncond_levels"] = _levels(flags["uncond_levels"])
     settings["model"], settings["train"] = model, train
     return settings
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"--uncond-levels takes comma-separated level numbers (e.g. 0,1), "
+                          f"got {text!r}") from None
 
 
 def _preset(name: str | None) -> dict[str, dict[str, Any]]:
@@ -103,9 +113,29 @@ def _noise_model(settings: dict[str, Any]):
             "give exactly one likelihood: --noise-model FILE (from `hdn-deploy noise-model`) "
             "or --gaussian-sigma SIGMA (known Gaussian noise, raw intensity units)"
         )
-    if has_sigma:
-        return GaussianNoiseModel(float(has_sigma))
-    return load_noise_model(Path(has_nm))
+    pixel = (GaussianNoiseModel(float(has_sigma)) if has_sigma
+             else load_noise_model(Path(has_nm)))
+    lines = settings.get("line_artefacts")
+    return _line_noise_model(settings, lines, pixel) if lines else pixel
+
+
+def _line_noise_model(settings: dict[str, Any], lines: str, pixel):
+    """The pixel noise model plus row/column offsets whose std is estimated from the data."""
+    import numpy as np
+
+    noise_models = load("training.noise_models", purpose="`hdn-deploy train`")
+    if lines not in noise_models.LINE_AXES:
+        raise ConfigError(f"line_artefacts must be one of {list(noise_models.LINE_AXES)}, "
+                          f"got {lines!r}")
+    data = load("training.data", purpose="`hdn-deploy train`")
+    frames, _ = data.load_frames(settings["data"], settings["model"].get("patch_size", 64))
+    noise_var = float(np.mean([np.nanmean(pixel.variance(f)) for f in frames]))
+    std = {axis: noise_models.estimate_line_std(frames, axis, noise_var)
+           if lines in (axis, "both") else 0.0 for axis in ("rows", "columns")}
+    click.echo(f"line artefacts: offset std estimated from the data: rows {std['rows']:.3g}, "
+               f"columns {std['columns']:.3g} (raw units; pixel noise std "
+               f"{noise_var ** 0.5:.3g} on average)")
+    return noise_models.LineArtefactNoiseModel(pixel, std["rows"], std["columns"])
 
 
 @main.command()
@@ -118,11 +148,22 @@ def _noise_model(settings: dict[str, Any]):
               help="Continue the run in this folder from its last checkpoint.")
 @click.option("--noise-model", type=click.Path(dir_okay=False), help="Noise model file (.npz).")
 @click.option("--gaussian-sigma", type=float, help="Known Gaussian noise std (raw units).")
-@click.option("--structured", is_flag=True, help="Structured-noise mode: uncond_levels=[0, 1].")
+@click.option("--structured", is_flag=True,
+              help="Structured-noise mode for line artefacts: --line-artefacts both (row and "
+                   "column offsets are noise to the likelihood, their std estimated from the "
+                   "data).")
+@click.option("--uncond-levels",
+              help="Comma-separated latent levels made unconditional (the reference HDN's "
+                   "structured switch, e.g. 0,1; measured not to remove line artefacts, see "
+                   "README).")
 @click.option("--structured-warmup-steps", type=click.IntRange(min=0),
-              help="Experimental, with --structured: train this many steps in pixel mode, then "
-                   "make levels 0, 1 unconditional (default 0: from the start; measured worse "
-                   "on a tiny task, see README).")
+              help="Experimental, with --uncond-levels: train this many steps in pixel mode, "
+                   "then make those levels unconditional (default 0: from the start; measured "
+                   "worse on a tiny task, see README).")
+@click.option("--line-artefacts", type=click.Choice(["rows", "columns", "both"]),
+              help="Line artefacts in the data (a random offset per row and/or column): "
+                   "the likelihood treats them as noise, with their std estimated from the "
+                   "data, so the MMSE leaves them out.")
 @click.option("--levels", type=int, help="Latent levels (default 6).")
 @click.option("--latent-channels", type=int, help="Latent channels per level (default 32).")
 @click.option("--filters", type=int, help="Feature channels (default 64).")

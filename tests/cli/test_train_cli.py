@@ -13,6 +13,7 @@ from hdn_deploy.cli.main import main
 from hdn_deploy.cli.train import merge_settings, read_config_file
 from hdn_deploy.errors import ConfigError
 from hdn_deploy.training.checkpoint import load_checkpoint
+from hdn_deploy.training.noise_models import GMMNoiseModel
 
 TINY = ["--levels", "3", "--latent-channels", "4", "--filters", "8", "--blocks", "1",
         "--patch-size", "32", "--batch-size", "4", "--steps-per-epoch", "2", "--val-patches", "4",
@@ -66,7 +67,8 @@ def test_config_file_with_flags_overriding(good_tif, tmp_path, suffix):
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(run_dir / "best.safetensors")
     assert ckpt.model_config.n_filters == 6  # the flag wins over the file
-    assert ckpt.model_config.uncond_levels == (0, 1)  # structured from the file
+    assert ckpt.likelihood["kind"] == "lines"  # structured from the file
+    assert ckpt.model_config.uncond_levels == ()
     assert ckpt.provenance["step"] == 2
 
 
@@ -171,3 +173,32 @@ def test_preset_train_and_fine_tune_with_init(good_tif, tmp_path):
                                       str(tmp_path / "a" / "best.safetensors")])
     assert wrong.exit_code == 2 and "do not fit this model" in wrong.output
     _assert_no_results(tmp_path / "c")
+
+
+def test_line_artefacts_estimate_the_offsets_and_reach_the_checkpoint(tmp_path):
+    rng = np.random.default_rng(3)
+    image = noisy(synthetic_clean(96, 96)) + rng.normal(0, 8.0, 96)[:, None]
+    data = tmp_path / "rows.tif"
+    tifffile.imwrite(data, image.astype(np.float32))
+    run_dir = tmp_path / "run"
+    result = _invoke(["train", str(data), "-o", str(run_dir), "--gaussian-sigma", "20",
+                      "--line-artefacts", "rows", "--max-steps", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert "offset std estimated from the data: rows" in result.output
+    likelihood = load_checkpoint(run_dir / "best.safetensors").likelihood
+    assert likelihood["kind"] == "lines" and likelihood["column_std"] == 0
+    assert 6.0 < likelihood["row_std"] < 10.0  # 8 drawn; the estimate's own spread
+    result = _invoke(["train", "--resume", str(run_dir), "--max-steps", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def test_line_artefacts_on_a_noise_model_file(good_tif, tmp_path):
+    gmm = tmp_path / "gmm.npz"
+    GMMNoiseModel(np.random.default_rng(0).normal(0, 0.1, (9, 2)).astype(np.float32),
+                  min_signal=0.0, max_signal=255.0, min_sigma=50.0).save(gmm)
+    run_dir = tmp_path / "run"
+    result = _invoke(["train", str(good_tif), "-o", str(run_dir), "--noise-model", str(gmm),
+                      "--structured", "--max-steps", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    likelihood = load_checkpoint(run_dir / "best.safetensors").likelihood
+    assert likelihood["kind"] == "lines" and likelihood["pixel"]["kind"] == "gmm"

@@ -1,4 +1,5 @@
-"""Noise models p(x|s): known Gaussian, Gaussian mixture (GMM) and 2D histogram.
+"""Noise models p(x|s): known Gaussian, Gaussian mixture (GMM), 2D histogram, and known
+Gaussian noise plus line artefacts (row/column offsets, :mod:`.lines`).
 
 One module per model (:mod:`.gaussian`, :mod:`.gmm` with its fitting in :mod:`.gmm_fit`,
 :mod:`.histogram`), the contract every model honours (:class:`NoiseModel`, a Protocol, in
@@ -15,6 +16,7 @@ from .gaussian import GaussianNoiseModel
 from .gmm import GMM_KEYS, GMMNoiseModel
 from .gmm_fit import MIN_SIGMA_FRACTION
 from .histogram import HistogramNoiseModel
+from .lines import LINE_AXES, LineArtefactNoiseModel, estimate_line_std
 
 __all__ = [
     "GMM_KEYS",
@@ -23,9 +25,12 @@ __all__ = [
     "GaussianNoiseModel",
     "GMMNoiseModel",
     "HistogramNoiseModel",
+    "LINE_AXES",
+    "LineArtefactNoiseModel",
     "NoiseModel",
     "PathLike",
     "load_noise_model",
     "noise_model_from_state",
+    "estimate_line_std",
     "write_atomically",
 ]

@@ -2,10 +2,12 @@
 
 The contract (:class:`NoiseModel`):
 
-- ``kind``: ``"gaussian"``, ``"gmm"`` or ``"histogram"``;
+- ``kind``: ``"gaussian"``, ``"gmm"``, ``"histogram"`` or ``"lines"``;
 - ``log_likelihood(observation, signal) -> Tensor``: elementwise log p(x|s), both in raw
   (de-normalised) intensity units, same shape, differentiable w.r.t. ``signal``; it runs
-  on whatever device and floating dtype ``signal`` has.
+  on whatever device and floating dtype ``signal`` has. (The line-artefact model couples
+  the pixels of a patch: it returns each (..., H, W) patch's log p / (H W) at every pixel,
+  so means over pixels are the same.)
 - ``variance(signal) -> np.ndarray``: the model's noise variance at each signal value
   (for plots, summaries and tests).
 - ``state() -> (meta, arrays)``: JSON-able metadata (with ``"kind"``) and numpy arrays;

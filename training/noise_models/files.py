@@ -12,6 +12,7 @@ from .base import NoiseModel, PathLike, _magic, _read_npz
 from .gaussian import GaussianNoiseModel
 from .gmm import GMM_KEYS, GMMNoiseModel
 from .histogram import HistogramNoiseModel
+from .lines import LineArtefactNoiseModel
 
 
 def load_noise_model(path: PathLike) -> GMMNoiseModel | HistogramNoiseModel:
@@ -54,8 +55,8 @@ def noise_model_from_state(meta: Mapping[str, Any],
     Parameters
     ----------
     meta
-        The JSON-able metadata; ``meta["kind"]`` is ``"gaussian"``, ``"gmm"`` or
-        ``"histogram"``.
+        The JSON-able metadata; ``meta["kind"]`` is ``"gaussian"``, ``"gmm"``,
+        ``"histogram"`` or ``"lines"``.
     arrays
         The arrays (``trained_weight`` for GMM, ``histogram`` for histogram).
 
@@ -74,10 +75,13 @@ def noise_model_from_state(meta: Mapping[str, Any],
                                  min_sigma=meta["min_sigma"])
         if kind == "histogram":
             return HistogramNoiseModel(np.asarray(arrays["histogram"]))
+        if kind == "lines":
+            return LineArtefactNoiseModel(noise_model_from_state(meta["pixel"], arrays),
+                                          meta["row_std"], meta["column_std"])
     except KeyError as exc:
         raise PackageError(f"noise model of kind '{kind}' lacks entry {exc}") from exc
     except ConfigError as exc:
         raise PackageError(f"stored noise model is invalid: {exc}") from exc
     raise PackageError(
-        f"unknown noise-model kind {kind!r}; expected 'gaussian', 'gmm' or 'histogram'"
+        f"unknown noise-model kind {kind!r}; expected 'gaussian', 'gmm', 'histogram' or 'lines'"
     )
