@@ -236,9 +236,12 @@ def required_version(manifest: Manifest) -> int:
 
 def signal_range_of(likelihood: Mapping[str, Any] | None) -> SignalRange | None:
     """The calibrated signal range of a noise-model description (``likelihood`` of a
-    checkpoint or manifest): GMM min/max_signal, histogram min/max_value; else None."""
+    checkpoint or manifest): GMM min/max_signal, histogram min/max_value (a line-artefact
+    likelihood's from its pixel model); else None."""
     if not isinstance(likelihood, Mapping):
         return None
+    if likelihood.get("kind") == "lines":
+        return signal_range_of(likelihood.get("pixel"))
     keys = {"gmm": ("min_signal", "max_signal"), "histogram": ("min_value", "max_value")}
     pair = keys.get(likelihood.get("kind"))
     if pair is None or not all(isinstance(likelihood.get(k), (int, float)) for k in pair):

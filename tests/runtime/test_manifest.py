@@ -114,6 +114,10 @@ def test_version_1_unknown_keys_are_rejected_too(tiny_package, tmp_path):
     ({"kind": "gmm", "min_signal": -2.0, "max_signal": 267.0}, SignalRange(-2.0, 267.0)),
     ({"kind": "histogram", "bins": 4, "min_value": 0, "max_value": 4096}, SignalRange(0.0, 4096.0)),
     ({"kind": "gaussian", "sigma": 3.0}, None),
+    ({"kind": "lines", "row_std": 2.0, "column_std": 0.0,
+      "pixel": {"kind": "gmm", "min_signal": 1.0, "max_signal": 9.0}}, SignalRange(1.0, 9.0)),
+    ({"kind": "lines", "row_std": 2.0, "column_std": 0.0,
+      "pixel": {"kind": "gaussian", "sigma": 3.0}}, None),
     ({"kind": "gmm"}, None),
     (None, None),
 ])
