@@ -25,6 +25,18 @@ def test_artefact_is_an_offset_on_a_share_of_the_lines(artefact):
     assert abs(artefacts.artefact_removed(noisy, noisy, clean, other)) < 1e-9
 
 
+def test_offset_kept_ignores_errors_unrelated_to_the_artefact():
+    clean = np.full((256, 256), 100.0, dtype=np.float32)
+    noisy, offsets = artefacts.draw_artefact_noise(clean, "rows", seed=2)
+    assert artefacts.artefact_kept(noisy, clean, offsets, "rows") == pytest.approx(1.0, abs=0.05)
+    assert artefacts.artefact_kept(clean, clean, offsets, "rows") == 0.0
+    # an estimate keeping a quarter of the offsets plus a smooth error of its own
+    error = 5 * np.sin(np.arange(256) / 9.0)[:, None]
+    estimate = clean + 0.25 * offsets[:, None] + error
+    assert artefacts.artefact_kept(estimate, clean, offsets, "rows") == pytest.approx(0.25, abs=0.05)
+    assert artefacts.artefact_removed(estimate, noisy, clean, "rows") < 0.75  # lowered by error
+
+
 def test_train_all_runs_every_command_and_fails_loudly(tmp_path):
     marks = [tmp_path / f"m{i}" for i in range(3)]
     artefacts.train_all([[sys.executable, "-c", f"open({str(m)!r}, 'w')"] for m in marks], jobs=2)
