@@ -202,3 +202,16 @@ def test_line_artefacts_on_a_noise_model_file(good_tif, tmp_path):
     assert result.exit_code == 0, result.output
     likelihood = load_checkpoint(run_dir / "best.safetensors").likelihood
     assert likelihood["kind"] == "lines" and likelihood["pixel"]["kind"] == "gmm"
+
+
+def test_uncond_levels_flag(good_tif, tmp_path):
+    run_dir = tmp_path / "run"
+    result = _invoke(["train", str(good_tif), "-o", str(run_dir), "--gaussian-sigma", "20",
+                      "--uncond-levels", "0,1", "--max-steps", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(run_dir / "best.safetensors")
+    assert ckpt.model_config.uncond_levels == (0, 1) and ckpt.likelihood["kind"] == "gaussian"
+    result = CliRunner().invoke(main, ["train", str(good_tif), "-o", str(tmp_path / "bad"),
+                                       "--gaussian-sigma", "20", "--uncond-levels", "zero",
+                                       "--max-steps", "2", *TINY])
+    assert result.exit_code != 0 and "comma-separated level numbers" in result.output
