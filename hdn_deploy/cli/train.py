@@ -163,7 +163,8 @@ def _line_noise_model(settings: dict[str, Any], lines: str, pixel):
 @click.option("--line-artefacts", type=click.Choice(["rows", "columns", "both"]),
               help="Line artefacts in the data (a random offset per row and/or column): "
                    "the likelihood treats them as noise, with their std estimated from the "
-                   "data, so the MMSE leaves them out.")
+                   "data, so the model gains nothing by encoding them (see README for how "
+                   "much of them the MMSE keeps).")
 @click.option("--levels", type=int, help="Latent levels (default 6).")
 @click.option("--latent-channels", type=int, help="Latent channels per level (default 32).")
 @click.option("--filters", type=int, help="Feature channels (default 64).")
