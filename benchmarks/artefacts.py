@@ -178,7 +178,7 @@ def markdown(results: dict[str, Any]) -> str:
             secs = case["models"].get(kind, {}).get("train_seconds")
             lines.append(f"| {name} | {artefact} | {label} | {s['psnr']:.2f} | {s['ssim']:.3f} | "
                          f"{100 * s['artefact_removed']:.1f} % | "
-                         f"{s['artefact_kept'] if 'artefact_kept' in s else ''} | "
+                         f"{s.get('artefact_kept', '')} | "
                          f"{'' if secs is None else f'{secs:.0f}'} |")
     return "\n".join(lines) + "\n"
 

@@ -84,22 +84,21 @@ class LineArtefactNoiseModel:
     def _offsets_term(self, r: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """log N(r; 0, D + U T U^T) - log N(r; 0, D) per patch (the Woodbury form)."""
         inv = 1.0 / var
-        blocks, rhs, log_det_t = [], [], 0.0
         h, w = r.shape[-2:]
+        diags, rhs, log_det_t = [], [], 0.0
         if self.row_std > 0:
-            blocks.append(("rows", 1.0 / self.row_std**2 + inv.sum(-1)))
+            diags.append(1.0 / self.row_std**2 + inv.sum(-1))
             rhs.append((r * inv).sum(-1))
             log_det_t += h * math.log(self.row_std**2)
         if self.column_std > 0:
-            blocks.append(("columns", 1.0 / self.column_std**2 + inv.sum(-2)))
+            diags.append(1.0 / self.column_std**2 + inv.sum(-2))
             rhs.append((r * inv).sum(-2))
             log_det_t += w * math.log(self.column_std**2)
         y = torch.cat(rhs, dim=-1)
-        if len(blocks) == 1:  # M is diagonal
-            diag = blocks[0][1]
-            return -0.5 * (log_det_t + diag.log().sum(-1)) + 0.5 * (y**2 / diag).sum(-1)
-        m = torch.cat([torch.cat([torch.diag_embed(blocks[0][1]), inv], dim=-1),
-                       torch.cat([inv.transpose(-2, -1), torch.diag_embed(blocks[1][1])], dim=-1)],
+        if len(diags) == 1:  # M is diagonal
+            return -0.5 * (log_det_t + diags[0].log().sum(-1)) + 0.5 * (y**2 / diags[0]).sum(-1)
+        m = torch.cat([torch.cat([torch.diag_embed(diags[0]), inv], dim=-1),
+                       torch.cat([inv.transpose(-2, -1), torch.diag_embed(diags[1])], dim=-1)],
                       dim=-2)
         chol = torch.linalg.cholesky(m)
         sol = torch.cholesky_solve(y[..., None], chol)[..., 0]
