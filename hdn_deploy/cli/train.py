@@ -121,6 +121,8 @@ def _noise_model(settings: dict[str, Any]):
 
 def _line_noise_model(settings: dict[str, Any], lines: str, pixel):
     """The pixel noise model plus row/column offsets whose std is estimated from the data."""
+    import warnings
+
     import numpy as np
 
     noise_models = load("training.noise_models", purpose="`hdn-deploy train`")
@@ -129,7 +131,13 @@ def _line_noise_model(settings: dict[str, Any], lines: str, pixel):
                           f"got {lines!r}")
     data = load("training.data", purpose="`hdn-deploy train`")
     frames, _ = data.load_frames(settings["data"], settings["model"].get("patch_size", 64))
-    noise_var = float(np.mean([np.nanmean(pixel.variance(f)) for f in frames]))
+    with warnings.catch_warnings():  # all-NaN variance is reported below, not as a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        noise_var = float(np.mean([np.nanmean(pixel.variance(f)) for f in frames]))
+    if not np.isfinite(noise_var):
+        raise ConfigError(f"{settings.get('noise_model')}: the noise model gives no variance over "
+                          "the training data's intensities, so the line offsets cannot be "
+                          "estimated; calibrate it on data covering that range")
     std = {axis: noise_models.estimate_line_std(frames, axis, noise_var)
            if lines in (axis, "both") else 0.0 for axis in ("rows", "columns")}
     click.echo(f"line artefacts: offset std estimated from the data: rows {std['rows']:.3g}, "

@@ -215,3 +215,17 @@ def test_uncond_levels_flag(good_tif, tmp_path):
                                        "--gaussian-sigma", "20", "--uncond-levels", "zero",
                                        "--max-steps", "2", *TINY])
     assert result.exit_code != 0 and "comma-separated level numbers" in result.output
+
+
+def test_line_artefacts_with_a_noise_model_without_variance_name_the_file(good_tif, tmp_path):
+    nm = tmp_path / "empty.npz"
+    hist = np.zeros((3, 4, 4))  # no counts (a histogram without data: no variance anywhere)
+    edges = np.arange(5.0) * 80  # bin i spans edges[i] to edges[i + 1]
+    hist[1], hist[2] = np.tile(edges[:-1, None], (1, 4)), np.tile(edges[1:, None], (1, 4))
+    np.savez(nm, histogram=hist)
+    result = CliRunner().invoke(main, ["train", str(good_tif), "-o", str(tmp_path / "r"),
+                                       "--noise-model", str(nm), "--structured",
+                                       "--max-steps", "1", *TINY])
+    assert result.exit_code != 0, result.output
+    assert "empty.npz" in result.output and "no variance" in result.output
+    _assert_no_results(tmp_path / "r")
