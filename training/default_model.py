@@ -37,8 +37,8 @@ NOISE_DESCRIPTION = (
     f"Poisson(clean / {GAIN:g}) + N(0, {READ_NOISE:g}^2); GMM noise model from a simulated "
     "calibration stack; trained on three quadrants of a fluorescence image of stained nuclei"
 )
-# The `cpu` preset: 6 x 32 latents, 16 filters, 3 blocks, no dropout, 64x64 patches, batch 16, Adamax
-# 1e-3 with 100 warm-up steps and cosine decay over --max-steps.
+# The `cpu` preset: 6 x 32 latents, 16 filters, 3 blocks, no dropout, 64x64 patches,
+# batch 16, Adamax 1e-3 with 100 warm-up steps and cosine decay over --max-steps.
 RECIPE = ["--preset", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "hdn_deploy" / "models" / "default"
