@@ -48,6 +48,32 @@ class SeamWarning(HDNWarning):
     """Tiles that do not overlap leave visible seams."""
 
 
+class DriftWarning(HDNWarning):
+    """A tile's MMSE is offset as a whole from the tile's input (see :func:`tile_drift`)."""
+
+
+#: |mean(input - MMSE)| / std(input - MMSE) of one tile above which DriftWarning is issued.
+#: A sound model with zero-mean noise stays below ~0.07 (measured: 0.015 on models trained to
+#: convergence, 0.067 on a model with the dropout bias); models that drift in tiles larger
+#: than their training patches reached 0.14-0.3 (benchmarks/results/quality/probes.md).
+DRIFT_LIMIT = 0.1
+DRIFT_MESSAGE = ("the MMSE of the tile at (y={y}, x={x}) is offset from its input by {ratio:.2f} "
+                 "x the residual's std (limit {limit}): the model may drift in tiles larger than "
+                 "its {patch}-pixel training patches; compare with tile={small}, overlap={patch} "
+                 "(--tile {small} --overlap {patch}), or train longer")
+
+
+def tile_drift(patch: np.ndarray, mmse: np.ndarray) -> float:
+    """|mean(patch - mmse)| / std(patch - mmse) of one tile (any units, both the same).
+
+    For noise of zero mean given the signal (Gaussian, Poisson-Gaussian, calibrated noise
+    models) this is about 1/sqrt(pixels) for a sound MMSE; a whole-tile offset (a model
+    whose deep levels see more than in training) raises it. 0 where MMSE == patch."""
+    residual = np.asarray(patch, dtype=np.float64) - np.asarray(mmse, dtype=np.float64)
+    offset = abs(residual.mean())
+    return 0.0 if offset == 0 else float(offset / max(residual.std(), 1e-12))
+
+
 @dataclass(frozen=True)
 class DenoiseResult:
     """Result of one call, in the input's intensity units.
@@ -257,6 +283,9 @@ class Denoiser:
         tile, overlap, blend
             Tile side and overlap in pixels (package defaults) and ``"hann"`` or
             ``"constant"`` blending. ``overlap=0`` leaves seams: warns (SeamWarning).
+            A tile whose MMSE is offset as a whole from its input (:func:`tile_drift` above
+            ``DRIFT_LIMIT``; seen with models trained briefly, in tiles much larger than
+            their training patches) warns (DriftWarning), once per 2D frame.
         margin
             Context pixels padded (by reflection) on every side before tiling and
             cropped afterwards, so borders and corners do not see the network's zero
@@ -505,10 +534,25 @@ class Denoiser:
         tiles disagree (tiling error), that disagreement is not posterior uncertainty and
         must not show up in the std. The tiles may be a subset of the plan (a dask chunk,
         :mod:`hdn_deploy.dask`): eps depends on global coordinates only."""
+        warned = False
         for tile, patch in tiles:
             stack, count = self._tile_stack(patch, tile, sampler, run)
+            if not warned:
+                warned = self._warn_drift(patch, stack[0], tile)
             timed(run.timings, "merge", merger.add, tile, stack)
             yield count
+
+    def _warn_drift(self, patch: np.ndarray, mmse: np.ndarray, tile: Tile) -> bool:
+        """DriftWarning (once per frame) when the tile's MMSE is offset from its input."""
+        ratio = tile_drift(patch, mmse)
+        if ratio <= DRIFT_LIMIT:
+            return False
+        manifest = self.package.manifest
+        patch_size = manifest.training_patch_size or manifest.recommended_overlap
+        warnings.warn(DRIFT_MESSAGE.format(y=tile.y0, x=tile.x0, ratio=ratio, limit=DRIFT_LIMIT,
+                                           patch=patch_size, small=2 * patch_size),
+                      DriftWarning, stacklevel=2)
+        return True
 
     def _tile_stack(self, patch: np.ndarray, tile: Tile, sampler: LatentSampler,
                     run: _Run) -> tuple[np.ndarray, int]:

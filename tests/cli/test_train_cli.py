@@ -165,7 +165,8 @@ def test_preset_train_and_fine_tune_with_init(good_tif, tmp_path):
     cfg = load_checkpoint(tmp_path / "a" / "best.safetensors").provenance["train_config"]
     assert cfg["optimizer"] == "adamax" and cfg["lr_schedule"] == "cosine"
     tuned = _invoke(["train", str(good_tif), "-o", str(tmp_path / "b"), "--gaussian-sigma", "20",
-                     *TINY, "--max-steps", "2", "--init", str(tmp_path / "a" / "best.safetensors")])
+                     "--preset", "cpu", *TINY, "--max-steps", "2",
+                     "--init", str(tmp_path / "a" / "best.safetensors")])
     assert tuned.exit_code == 0, tuned.output
     wrong = CliRunner().invoke(main, ["train", str(good_tif), "-o", str(tmp_path / "c"),
                                       "--gaussian-sigma", "20", *TINY, "--filters", "16",

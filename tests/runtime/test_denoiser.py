@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from hdn_deploy.denoiser import DenoiseResult, Denoiser, Progress, SeamWarning, _slice_seed
+from hdn_deploy.denoiser import (DRIFT_LIMIT, DenoiseResult, Denoiser, DriftWarning, Progress,
+                                  SeamWarning, _slice_seed, tile_drift)
+from hdn_deploy.demo import DEFAULT_MODEL, SAMPLE_NOISY, bundled_path
 from hdn_deploy.errors import ConfigError, InputError
 from hdn_deploy.tiling import Tiler
 
@@ -257,7 +259,7 @@ def test_overlap_zero_warns_about_seams(den, noisy_image):
     with pytest.warns(SeamWarning, match="seams"):
         den.denoise(noisy_image[:64, :96], n_samples=1, tile=32, overlap=0)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", SeamWarning)
         den.denoise(noisy_image[:16, :16], n_samples=1, tile=64, overlap=0, margin=0)  # one tile
         den.denoise(noisy_image[:64, :96], n_samples=1, tile=32, overlap=8)
 
@@ -298,3 +300,39 @@ def test_borders_see_image_context_not_zero_padding(default_den):
     # the same measure sees the fault without the margin
     flat0 = default_den.denoise(flat, margin=0, **options).mmse
     assert float(flat0.max() - flat0.min()) > 0.3 * 255
+
+
+def test_tile_drift_measures_a_whole_tile_offset():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 1.0, (128, 128))
+    signal = rng.uniform(0.0, 5.0, (128, 128))
+    assert tile_drift(signal + noise, signal) < 0.03  # a sound MMSE: ~1/sqrt(pixels)
+    assert tile_drift(signal + noise, signal + 0.3) == pytest.approx(0.3, abs=0.03)
+    assert tile_drift(signal + 2.0, signal) > 1e6  # a pure offset
+    assert tile_drift(signal, signal) == 0.0
+    assert DRIFT_LIMIT == 0.1
+
+
+def test_drifting_tiles_warn_once_per_frame(den, noisy_image, monkeypatch):
+    original = Denoiser._tile_stack
+
+    def offset(self, patch, tile, sampler, run):  # a model whose MMSE is offset as a whole
+        stack, count = original(self, patch, tile, sampler, run)
+        stack[0] += 0.5 * (patch - stack[0]).std() + (patch - stack[0]).mean()
+        return stack, count
+
+    monkeypatch.setattr(Denoiser, "_tile_stack", offset)
+    frame = noisy_image[:64, :96]
+    with pytest.warns(DriftWarning) as caught:
+        den.denoise(np.stack([frame, frame]), n_samples=1, tile=32, overlap=8)
+    drift = [w for w in caught if issubclass(w.category, DriftWarning)]
+    assert len(drift) == 2  # 2 frames of 6 tiles: once per frame
+    assert "offset from its input by 0.50" in str(drift[0].message)
+    assert "--tile" in str(drift[0].message)
+
+
+def test_bundled_model_does_not_drift_on_its_sample():
+    image = tifffile.imread(bundled_path(SAMPLE_NOISY))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DriftWarning)
+        Denoiser(bundled_path(DEFAULT_MODEL), threads=1).denoise(image, n_samples=4, seed=0)
