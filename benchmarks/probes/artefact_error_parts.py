@@ -12,7 +12,7 @@ import tifffile
 case = sys.argv[1]; img, art = case.rsplit("_", 1)
 clean = clean_images()[img]
 seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-root = Path(sys.argv[3]) if len(sys.argv) > 3 else Path("runs/artefacts") / case
+root = (Path(sys.argv[3]) if len(sys.argv) > 3 else Path("runs/artefacts")) / case
 noisy = tifffile.imread(root / "noisy.tif")
 for kind in ("pixel", "structured"):
     with tempfile.TemporaryDirectory() as d:
