@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hdn_deploy._version import __version__
-from hdn_deploy.errors import ConfigError, PackageError
+from hdn_deploy.errors import ConfigError, HDNWarning, PackageError
 from hdn_deploy.atomic import staged_folder
 from hdn_deploy.manifest import (
     FORMAT_NAME,
@@ -177,8 +177,11 @@ def package_from_checkpoint(
     opset
         ONNX opset (>= 18).
     tile_size, overlap
-        Recommended tiling stored in the manifest; defaults derive from the training
-        patch size (tile 8x patch, overlap 1x patch, both multiples of 2**levels).
+        Recommended tiling stored in the manifest. Default tile: the largest tile in which
+        training's tile check found no drift (``tile_check`` in the checkpoint's provenance,
+        see ``training/tile_check.py``), else 8x the training patch; default overlap: 1x the
+        patch (both multiples of 2**levels). A tile above the checked one warns
+        (HDNWarning).
     verify
         Check the graphs with onnx.checker and against PyTorch (max abs diff <= 1e-4).
     overwrite
@@ -219,7 +222,8 @@ def package_from_checkpoint(
         level.stochastic.posterior_logvar_max = posterior_logvar_max
     cfg = model.config
     multiple = cfg.spatial_multiple
-    tile = tile_size or max(8 * cfg.patch_size, multiple)
+    tile = tile_size or recommended_tile(ckpt.provenance, cfg)
+    _warn_drifting_tile(ckpt.provenance, tile)
     ovl = overlap if overlap is not None else max(cfg.patch_size, multiple)
     if tile < multiple or tile % multiple or ovl % multiple or not 0 <= ovl < tile:
         raise ConfigError(
@@ -261,6 +265,32 @@ def package_from_checkpoint(
             description=description, posterior_logvar_max=posterior_logvar_max)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest_to_json(manifest), indent=2))
     return output
+
+
+def recommended_tile(provenance: dict, cfg) -> int:
+    """The tile export recommends without ``--tile``: the tile check's ``safe_tile``; twice
+    the patch when the check found drift at every size; 8x the patch without a check (older
+    checkpoints, snapshots)."""
+    check = (provenance or {}).get("tile_check") or {}
+    base = max(cfg.patch_size, cfg.spatial_multiple)
+    if check.get("safe_tile"):
+        return int(check["safe_tile"])
+    if check.get("drift"):
+        return 2 * base
+    return 8 * base
+
+
+def _warn_drifting_tile(provenance: dict, tile: int) -> None:
+    check = (provenance or {}).get("tile_check") or {}
+    drift = {int(size): ratio for size, ratio in (check.get("drift") or {}).items()}
+    worse = {size: ratio for size, ratio in drift.items() if size <= tile and ratio > check["limit"]}
+    if worse:
+        warnings.warn(
+            f"recommended tile {tile}: training's tile check found this model's MMSE offset "
+            f"from its input in tiles of {sorted(worse)} px (drift {worse}, limit "
+            f"{check['limit']}); " + (f"use --tile {check['safe_tile']} (the default)"
+                                      if check.get("safe_tile") else "train longer"),
+            HDNWarning, stacklevel=3)
 
 
 def manifest_for_checkpoint(ckpt, checkpoint: Path, staging: Path, *, tile: int, overlap: int,

@@ -23,6 +23,7 @@ from .backends import Backend, create_backend
 from .backends.base import EpsSpec, timed
 from .errors import ConfigError, HDNWarning, InputError, PackageError
 from .latents import LATENT_CONTRACT, LatentSampler, SamplingMode, _sampling_mode
+from .metrics import DRIFT_LIMIT, tile_drift  # noqa: F401  (public here since 2026-12-01)
 from .options import DenoiseMode, parse
 from .package import ModelPackage, load_package
 from . import outofcore
@@ -52,26 +53,10 @@ class DriftWarning(HDNWarning):
     """A tile's MMSE is offset as a whole from the tile's input (see :func:`tile_drift`)."""
 
 
-#: |mean(input - MMSE)| / std(input - MMSE) of one tile above which DriftWarning is issued.
-#: A sound model with zero-mean noise stays below ~0.07 (measured: 0.015 on models trained to
-#: convergence, 0.067 on a model with the dropout bias); models that drift in tiles larger
-#: than their training patches reached 0.14-0.3 (benchmarks/results/quality/probes.md).
-DRIFT_LIMIT = 0.1
 DRIFT_MESSAGE = ("the MMSE of the tile at (y={y}, x={x}) is offset from its input by {ratio:.2f} "
                  "x the residual's std (limit {limit}): the model may drift in tiles larger than "
                  "its {patch}-pixel training patches; compare with tile={small}, overlap={patch} "
                  "(--tile {small} --overlap {patch}), or train longer")
-
-
-def tile_drift(patch: np.ndarray, mmse: np.ndarray) -> float:
-    """|mean(patch - mmse)| / std(patch - mmse) of one tile (any units, both the same).
-
-    For noise of zero mean given the signal (Gaussian, Poisson-Gaussian, calibrated noise
-    models) this is about 1/sqrt(pixels) for a sound MMSE; a whole-tile offset (a model
-    whose deep levels see more than in training) raises it. 0 where MMSE == patch."""
-    residual = np.asarray(patch, dtype=np.float64) - np.asarray(mmse, dtype=np.float64)
-    offset = abs(residual.mean())
-    return 0.0 if offset == 0 else float(offset / max(residual.std(), 1e-12))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import Normalization, PatchSampler, compute_normalization, load_frames, split_frames
 from .model import LadderVAE, TopDownResult
+from .tile_check import tile_check
 
 log = logging.getLogger("hdn_deploy.training")
 
@@ -34,6 +35,7 @@ RUN_FILE = "run.json"
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 METRICS = "metrics.csv"
+CHECK_FRAMES = 4  # frames kept for the end-of-run tile check
 
 
 @dataclass
@@ -48,6 +50,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     collapse_warning: bool = False
+    #: the best weights' tile check (see :mod:`training.tile_check`); None without best weights
+    tile_check: dict[str, Any] | None = None
 
 
 def hdn_loss(
@@ -202,6 +206,8 @@ class TrainingRun:
         frames, self.files = load_frames(self.data, model_config.patch_size)
         train, val = split_frames(frames, train_config.val_fraction, model_config.patch_size)
         self.norm = compute_normalization(train)
+        # whole frames (training and validation regions) for the tile check at the end
+        self.check_frames = [self.norm.apply(f) for f in frames[:CHECK_FRAMES]]
         torch.manual_seed(train_config.seed)
         self.model = LadderVAE(model_config)
         if train_config.init:
@@ -477,7 +483,28 @@ class TrainingRun:
             run_dir=self.run_dir, best_checkpoint=self.run_dir / BEST, steps=self.step,
             epochs=self.epoch, best_val_loss=self.best_val, history=self.history,
             stopped_early=stopped_early, collapse_warning=self.collapse_warning,
+            tile_check=self.record_tile_check(),
         )
+
+    def record_tile_check(self) -> dict[str, Any] | None:
+        """Measure the best weights' drift per tile size (:func:`tile_check.tile_check`) and
+        store it in ``best.safetensors``' provenance as ``tile_check`` (export recommends its
+        ``safe_tile``). None when there are no best weights yet."""
+        path = self.run_dir / BEST
+        if not path.is_file():
+            return None
+        ckpt = load_checkpoint(path)
+        record = tile_check(ckpt.build_model(), self.check_frames, seed=self.cfg.seed)
+        ckpt.provenance = {**ckpt.provenance, "tile_check": record}
+        save_checkpoint(path, ckpt)
+        if record["safe_tile"] is None and record["drift"]:
+            log.warning("the best weights' MMSE is offset from the input even in tiles of %s px "
+                        "(drift %s, limit %s): train longer", min(map(int, record["drift"])),
+                        record["drift"], record["limit"])
+        else:
+            log.info("tile check: drift per tile size %s; recommended tile %s",
+                     record["drift"], record["safe_tile"])
+        return record
 
 
 def train(

@@ -244,5 +244,20 @@ def train(data, output, config_file, resume, quiet, **flags):
         f"trained {result.steps} steps ({result.epochs} epochs); best validation loss "
         f"{result.best_val_loss:.5f}; model: {result.best_checkpoint}"
     )
+    _report_tile_check(result.tile_check)
     if result.collapse_warning:
         click.echo("warning: posterior collapse suspected (see metrics.csv, KL per level)", err=True)
+
+
+def _report_tile_check(record: dict | None) -> None:
+    """One line on the tile check of the best weights (training/tile_check.py)."""
+    if not record or not record["drift"]:
+        return
+    drift = ", ".join(f"{size} px {ratio:.3f}" for size, ratio in record["drift"].items())
+    if record["safe_tile"] is None:
+        click.echo(f"warning: the MMSE is offset from the input in every tile size tried "
+                   f"(drift {drift}; limit {record['limit']}): train longer", err=True)
+    else:
+        click.echo(f"tile check (MMSE offset / residual std): {drift}; export will recommend "
+                   f"tile {record['safe_tile']}")
+

@@ -174,3 +174,18 @@ def test_small_images_are_refused_with_the_file_name(tmp_path):
     with pytest.raises(InputError, match="tiny.tif.*smaller than the training patch"):
         _train(path, tmp_path / "run", 5)
     assert not (tmp_path / "run").exists()
+
+
+def test_run_end_records_the_tile_check_in_the_best_weights_and_export_uses_it(noisy_tif, tmp_path):
+    from hdn_deploy.export.onnx_export import package_from_checkpoint
+    from hdn_deploy.package import load_package
+
+    result = _train(noisy_tif, tmp_path / "run", 10)
+    record = load_checkpoint(result.best_checkpoint).provenance["tile_check"]
+    assert record == result.tile_check
+    # tiles of 8, 4, 2 x the 32-px patch (256 on the 128-px image mirrored)
+    assert set(record["drift"]) == {"256", "128", "64"}
+    assert record["safe_tile"] in (256, 128, 64, None)
+    package = load_package(package_from_checkpoint(result.best_checkpoint, tmp_path / "pkg"))
+    assert package.recommended_tile == (record["safe_tile"] or 64)
+    assert package.manifest.provenance["tile_check"]["drift"] == record["drift"]
