@@ -193,8 +193,8 @@ class TrainConfig:
                 f"got {self.virtual_batch_size}")
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.final_lr_fraction <= 1:
             raise ConfigError("lr must be > 0, warmup_steps >= 0, final_lr_fraction in [0, 1]")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.max_steps is None and self.max_epochs is None:
             object.__setattr__(self, "max_epochs", 100)
 

@@ -80,7 +80,12 @@ def data_range(frames: Sequence[np.ndarray]) -> DataRange:
 def split_frames(
     frames: Sequence[np.ndarray], val_fraction: float, patch_size: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Train/validation split: whole frames when there are enough, else bottom rows."""
+    """Train/validation split: whole frames when there are enough, else bottom rows (at
+    least one patch high). ``val_fraction`` 0: nothing held out, validation patches are
+    drawn from the training data (a measure of fit, not of generalisation: for denoising
+    a single image with every pixel trained on)."""
+    if val_fraction == 0:
+        return list(frames), list(frames)
     n_val = int(round(len(frames) * val_fraction))
     if len(frames) >= 10 and n_val >= 1:
         return list(frames[:-n_val]), list(frames[-n_val:])

@@ -189,3 +189,23 @@ def test_run_end_records_the_tile_check_in_the_best_weights_and_export_uses_it(n
     package = load_package(package_from_checkpoint(result.best_checkpoint, tmp_path / "pkg"))
     assert package.recommended_tile == (record["safe_tile"] or 64)
     assert package.manifest.provenance["tile_check"]["drift"] == record["drift"]
+
+
+def test_split_holds_out_bottom_rows_or_whole_frames_and_nothing_at_zero():
+    from hdn_deploy.training.data import split_frames
+
+    image = np.arange(256 * 100, dtype=np.float32).reshape(256, 100)
+    (train_part,), (val_part,) = split_frames([image], 0.1, 64)
+    assert train_part.shape == (192, 100) and val_part.shape == (64, 100)  # >= one patch
+    frames = [image + i for i in range(20)]
+    train_frames, val_frames = split_frames(frames, 0.1, 64)
+    assert len(train_frames) == 18 and val_frames[0] is frames[18]
+    train_all, val_all = split_frames([image], 0.0, 64)
+    assert train_all[0] is image and val_all[0] is image  # every pixel trained on
+    with pytest.raises(ConfigError, match=r"val_fraction must be in \[0, 1\)"):
+        TrainConfig(val_fraction=1.0)
+
+
+def test_val_fraction_zero_trains_on_the_whole_image(noisy_tif, tmp_path):
+    result = _train(noisy_tif, tmp_path / "all", 5, val_fraction=0.0)
+    assert math.isfinite(result.best_val_loss) and result.steps == 5
