@@ -219,6 +219,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "dropout": 0.0},
         "train": {"batch_size": 16, "optimizer": "adamax", "lr": 1e-3, "lr_schedule": "cosine",
                   "warmup_steps": 100, "steps_per_epoch": 100, "val_patches": 128,
-                  "early_stop_patience": 1000, "max_steps": 3000},
+                  "early_stop_patience": 1000, "max_steps": 3000, "val_fraction": 0.0},
     },
 }

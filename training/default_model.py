@@ -38,7 +38,8 @@ NOISE_DESCRIPTION = (
     "calibration stack; trained on three quadrants of a fluorescence image of stained nuclei"
 )
 # The `cpu` preset: 6 x 32 latents, 16 filters, 3 blocks, no dropout, 64x64 patches,
-# batch 16, Adamax 1e-3 with 100 warm-up steps and cosine decay over --max-steps.
+# batch 16, Adamax 1e-3 with 100 warm-up steps and cosine decay over --max-steps, nothing
+# held out for validation (every pixel of the training quadrants trained on).
 RECIPE = ["--preset", "cpu"]
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "hdn_deploy" / "models" / "default"

@@ -208,8 +208,9 @@ def _line_noise_model(settings: dict[str, Any], lines: str, pixel):
 @click.option("--max-epochs", type=int, help="Stop after this many epochs (default 100).")
 @click.option("--steps-per-epoch", type=int, help="Steps between validations (default 200).")
 @click.option("--val-fraction", type=float,
-              help="Share of data held out for validation (default 0.1; at least one patch "
-                   "high); 0: none, validate on training patches (every pixel trained on).")
+              help="Share of data held out for validation (default 0.1, at least one patch "
+                   "high; 0 with --preset cpu); 0: none, validate on training patches (every "
+                   "pixel trained on).")
 @click.option("--val-patches", type=int, help="Fixed validation patches (default 256).")
 @click.option("--early-stop-patience", type=int, help="Epochs without improvement (default 30).")
 @click.option("--kl-warmup-steps", type=int, help="Ramp the KL weight from 0 to 1 (default 0).")

@@ -134,6 +134,8 @@ def test_cpu_preset_is_a_valid_config():
     ModelConfig.from_dict(preset["model"])
     cfg = TrainConfig.from_dict(preset["train"])
     assert cfg.lr_schedule == "cosine" and cfg.max_steps
+    # measured: dropout 0.2 cost 0.6 dB; holding out a quarter of a single image 0.4 dB
+    assert preset["model"]["dropout"] == 0.0 and cfg.val_fraction == 0.0
 
 
 def test_snapshots_are_kept_every_n_steps(noisy_tif, tmp_path):
