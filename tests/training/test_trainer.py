@@ -209,3 +209,15 @@ def test_split_holds_out_bottom_rows_or_whole_frames_and_nothing_at_zero():
 def test_val_fraction_zero_trains_on_the_whole_image(noisy_tif, tmp_path):
     result = _train(noisy_tif, tmp_path / "all", 5, val_fraction=0.0)
     assert math.isfinite(result.best_val_loss) and result.steps == 5
+
+
+def test_resuming_a_finished_run_records_the_tile_check(noisy_tif, tmp_path):
+    from hdn_deploy.training.checkpoint import save_checkpoint
+
+    result = _train(noisy_tif, tmp_path / "old", 5)
+    ckpt = load_checkpoint(result.best_checkpoint)
+    ckpt.provenance = {k: v for k, v in ckpt.provenance.items() if k != "tile_check"}
+    save_checkpoint(result.best_checkpoint, ckpt)  # as written before the check existed
+    again = resume(tmp_path / "old", progress=False)
+    assert again.steps == 5
+    assert load_checkpoint(result.best_checkpoint).provenance["tile_check"] == result.tile_check
