@@ -97,10 +97,16 @@ def measure_tile_drift(model: LadderVAE, frames: Sequence[np.ndarray], *,
 def tile_check(model: LadderVAE, frames: Sequence[np.ndarray], *, seed: int = 0) -> dict[str, Any]:
     """The record stored in a checkpoint's provenance as ``tile_check``:
     ``drift`` ({tile px: ratio}), ``limit`` (``TILE_CHECK_LIMIT``), ``samples``, and
-    ``safe_tile``: the largest measured tile whose drift is within the limit, or None when
-    none is (the MMSE is offset even in tiles of twice the patch: train longer)."""
+    ``safe_tile``: the largest measured tile such that it and every smaller measured tile
+    are within the limit (a tile larger than an image is clipped to the image, so a
+    passing 512 does not excuse a drifting 256), or None when the smallest drifts (the MMSE
+    is offset even in tiles of twice the patch: train longer)."""
     drift = measure_tile_drift(model, frames, seed=seed)
-    passing = [size for size, ratio in drift.items() if ratio <= TILE_CHECK_LIMIT]
+    passing = []  # from the smallest size up, until the first one that drifts
+    for size in sorted(drift):
+        if drift[size] > TILE_CHECK_LIMIT:
+            break
+        passing.append(size)
     return {"drift": {str(size): round(ratio, 4) for size, ratio in drift.items()},
             "limit": TILE_CHECK_LIMIT, "samples": N_SAMPLES,
             "safe_tile": max(passing) if passing else None}
