@@ -8,8 +8,9 @@ fully trained models do not drift. The drift is visible without a clean image: t
 residual (input - MMSE) has a non-zero mean (:func:`hdn_deploy.metrics.tile_drift`).
 
 At the end of training the trainer measures it on the training images at tiles of 8, 4 and
-2 x the training patch and records the largest tile within ``TILE_CHECK_LIMIT`` in the best
-checkpoint's provenance (``tile_check``); ``hdn-deploy export`` recommends that tile.
+2 x the training patch and records the largest tile that is, with every smaller one, within
+``TILE_CHECK_LIMIT`` (:func:`safe_tile`) in the best checkpoint's provenance
+(``tile_check``); ``hdn-deploy export`` recommends that tile.
 """
 from __future__ import annotations
 
@@ -60,8 +61,7 @@ def _tiles(frames: Sequence[np.ndarray], size: int, limit: int) -> list[np.ndarr
 def measure_tile_drift(model: LadderVAE, frames: Sequence[np.ndarray], *,
                        posterior_logvar_max: float | None = 4.0,
                        seed: int = 0) -> dict[int, float]:
-    """Largest :func:`~hdn_deploy.metrics.tile_drift` per tile size, for the tile sizes of
-    :func:`candidate_tiles` that fit in ``frames``.
+    """Largest :func:`~hdn_deploy.metrics.tile_drift` per tile size of :func:`candidate_tiles`.
 
     frames
         Normalised 2D float32 images (the training data); tiles are cut from them in order.
@@ -94,19 +94,23 @@ def measure_tile_drift(model: LadderVAE, frames: Sequence[np.ndarray], *,
             level.stochastic.posterior_logvar_max = value
 
 
+def safe_tile(drift: dict[int, float], limit: float = TILE_CHECK_LIMIT) -> int | None:
+    """The largest tile size such that it and every smaller size have a drift within
+    ``limit`` (a tile larger than an image is clipped to the image, so a passing 512 does
+    not excuse a drifting 256); None when the smallest drifts."""
+    best = None
+    for size in sorted(drift):
+        if drift[size] > limit:
+            break
+        best = size
+    return best
+
+
 def tile_check(model: LadderVAE, frames: Sequence[np.ndarray], *, seed: int = 0) -> dict[str, Any]:
     """The record stored in a checkpoint's provenance as ``tile_check``:
     ``drift`` ({tile px: ratio}), ``limit`` (``TILE_CHECK_LIMIT``), ``samples``, and
-    ``safe_tile``: the largest measured tile such that it and every smaller measured tile
-    are within the limit (a tile larger than an image is clipped to the image, so a
-    passing 512 does not excuse a drifting 256), or None when the smallest drifts (the MMSE
-    is offset even in tiles of twice the patch: train longer)."""
+    ``safe_tile`` (:func:`safe_tile`; None: the MMSE is offset even in tiles of twice the
+    patch, train longer)."""
     drift = measure_tile_drift(model, frames, seed=seed)
-    passing = []  # from the smallest size up, until the first one that drifts
-    for size in sorted(drift):
-        if drift[size] > TILE_CHECK_LIMIT:
-            break
-        passing.append(size)
     return {"drift": {str(size): round(ratio, 4) for size, ratio in drift.items()},
-            "limit": TILE_CHECK_LIMIT, "samples": N_SAMPLES,
-            "safe_tile": max(passing) if passing else None}
+            "limit": TILE_CHECK_LIMIT, "samples": N_SAMPLES, "safe_tile": safe_tile(drift)}

@@ -497,7 +497,7 @@ class TrainingRun:
         record = tile_check(ckpt.build_model(), self.check_frames, seed=self.cfg.seed)
         ckpt.provenance = {**ckpt.provenance, "tile_check": record}
         save_checkpoint(path, ckpt)
-        if record["safe_tile"] is None and record["drift"]:
+        if record["safe_tile"] is None:
             log.warning("the best weights' MMSE is offset from the input even in tiles of %s px "
                         "(drift %s, limit %s): train longer", min(map(int, record["drift"])),
                         record["drift"], record["limit"])

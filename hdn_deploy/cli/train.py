@@ -254,7 +254,7 @@ def train(data, output, config_file, resume, quiet, **flags):
 
 def _report_tile_check(record: dict | None) -> None:
     """One line on the tile check of the best weights (training/tile_check.py)."""
-    if not record or not record["drift"]:
+    if not record:
         return
     drift = ", ".join(f"{size} px {ratio:.3f}" for size, ratio in record["drift"].items())
     if record["safe_tile"] is None:
